@@ -1,0 +1,153 @@
+"""`ctxdistill` command line: distill, eval, chat, model-path."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ctxdistill import CtxDistillError
+
+
+def _cmd_distill(args) -> None:
+    from ctxdistill.config import load_config
+    from ctxdistill.recipes import RECIPES
+
+    if args.recipe not in RECIPES:
+        raise CtxDistillError(f"Unknown recipe '{args.recipe}'. Available: {', '.join(RECIPES)}.")
+    cfg = load_config(args.config, args.set, model=args.model, max_minutes=args.max_minutes)
+    from ctxdistill.recipes import offline
+
+    summary = offline.run(cfg, args.context, args.prompts, args.out, resume=args.resume, eval_file=args.eval,
+                          retention_file=args.retention)
+    if summary:
+        print()
+        print(summary["table"] or "(no eval questions: pass --eval FILE or put an \"eval\" list in the context JSON)")
+        print(f"\nAdapter, manifest and report in {args.out}/")
+
+
+def _load_with_adapters(model_name: str | None, adapters: list[str] | None):
+    from ctxdistill.models import load_model
+
+    if not adapters:
+        model, tok, _ = load_model(model_name or "default")
+        return model, tok
+    from peft import PeftConfig, PeftModel
+
+    for a in adapters:
+        import os
+
+        if not os.path.isfile(os.path.join(a, "adapter_config.json")):
+            raise CtxDistillError(f"{a} is not a PEFT adapter directory (no adapter_config.json). Pass OUT/adapter "
+                                  "of a distill run.")
+    base = model_name or PeftConfig.from_pretrained(adapters[0]).base_model_name_or_path
+    model, tok, _ = load_model(base)
+    model = PeftModel.from_pretrained(model, adapters[0])
+    model.eval()
+    return model, tok
+
+
+def _cmd_eval(args) -> None:
+    from ctxdistill.evaluation import evaluate, results_table
+    from ctxdistill.io import atomic_write_json, atomic_write_text, read_context, read_qa
+    from ctxdistill.pairs import Context
+
+    context = read_context(args.context)
+    qa = read_qa(args.qa)
+    retention = read_qa(args.retention, "--retention") if args.retention else None
+    model, tok = _load_with_adapters(args.model, [args.adapter])
+    result = evaluate(model, tok, Context(context["context"], args.context_kind), qa, retention, args.max_new_tokens)
+    table = results_table(result)
+    print(table)
+    if args.out:
+        atomic_write_json(args.out + ".json", result)
+        atomic_write_text(args.out + ".md", table + "\n")
+        print(f"\nWritten {args.out}.md and {args.out}.json")
+
+
+def _cmd_chat(args) -> None:
+    from ctxdistill.evaluation import answers
+    from ctxdistill.io import read_context
+    from ctxdistill.pairs import Context
+
+    model, tok = _load_with_adapters(args.model, args.adapter)
+    context = Context(read_context(args.context)["context"], args.context_kind) if args.context else None
+    if args.prompt is not None:
+        print(answers(model, tok, [args.prompt], context, True, args.max_new_tokens)[0])
+        return
+    history: list[dict] = []
+    print("Chat with the model (empty line or Ctrl-D to quit).")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            break
+        if not line:
+            break
+        history.append({"role": "user", "content": line})
+        reply = answers(model, tok, [history], context, True, args.max_new_tokens)[0]
+        history.append({"role": "assistant", "content": reply})
+        print(f"model> {reply}")
+
+
+def _cmd_model_path(args) -> None:
+    from ctxdistill.models import resolve_model
+
+    print(resolve_model(args.name)[0])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctxdistill", description="Bake a context into a model's weights.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("distill", help="run a distillation recipe")
+    d.add_argument("recipe", help="offline")
+    d.add_argument("--model", default=None, help="HF id, local directory, .gguf file, or 'default'")
+    d.add_argument("--context", required=True, help=".txt file, or .json with a \"context\" field")
+    d.add_argument("--prompts", default=None, help=".jsonl of {\"prompt\"} or .txt, one per line; synthesized if absent")
+    d.add_argument("--out", required=True, help="output directory")
+    d.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget for generation + training")
+    d.add_argument("--config", default=None, help="YAML file with config keys (see configs/)")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    d.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    d.add_argument("--eval", default=None, help="QA JSON for the before/after report (default: the context's \"eval\")")
+    d.add_argument("--retention", default=None, help="QA JSON of general questions (default: a bundled set)")
+    d.set_defaults(func=_cmd_distill)
+
+    e = sub.add_parser("eval", help="base vs teacher vs student on a QA file")
+    e.add_argument("--adapter", required=True)
+    e.add_argument("--context", required=True)
+    e.add_argument("--qa", required=True)
+    e.add_argument("--retention", default=None)
+    e.add_argument("--model", default=None, help="base model (default: the adapter's base_model_name_or_path)")
+    e.add_argument("--context-kind", default="system", choices=["system", "prefix", "document"])
+    e.add_argument("--max-new-tokens", type=int, default=48)
+    e.add_argument("--out", default=None, help="write OUT.md (table) and OUT.json (answers)")
+    e.set_defaults(func=_cmd_eval)
+
+    c = sub.add_parser("chat", help="talk to a model with an adapter")
+    c.add_argument("--adapter", action="append", default=None)
+    c.add_argument("--model", default=None)
+    c.add_argument("--prompt", default=None, help="answer this once and exit")
+    c.add_argument("--context", default=None, help="show a context too (to compare with the teacher)")
+    c.add_argument("--context-kind", default="system", choices=["system", "prefix", "document"])
+    c.add_argument("--max-new-tokens", type=int, default=128)
+    c.set_defaults(func=_cmd_chat)
+
+    m = sub.add_parser("model-path", help="print where a model lives (converts the default once)")
+    m.add_argument("name", nargs="?", default="default")
+    m.set_defaults(func=_cmd_model_path)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except CtxDistillError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

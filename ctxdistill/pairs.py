@@ -1,0 +1,144 @@
+"""Contexts → rendered teacher and student views that end in the same completion ids.
+
+The one invariant of the project lives here: the completion `y` is tokenized once and appended to both the
+teacher prompt render(c, x) and the student prompt render(x); every `Pair` checks that both views end in the same
+ids, and `completion_logit_positions` is the one place that knows which position predicts `y[0]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+from ctxdistill import CtxDistillError
+
+CONTEXT_KINDS = ("system", "prefix", "document")
+Messages = list[dict]
+Query = Union[str, Messages]
+
+
+@dataclass(frozen=True)
+class Context:
+    """Text to internalize and how it is shown to the teacher."""
+
+    text: str
+    kind: str = "system"
+
+    def __post_init__(self):
+        if self.kind not in CONTEXT_KINDS:
+            raise CtxDistillError(f"Unknown context kind '{self.kind}'. Use one of: {', '.join(CONTEXT_KINDS)}.")
+        if not self.text.strip():
+            raise CtxDistillError("The context is empty. Put the text to internalize in the --context file.")
+
+
+def as_messages(query: Query) -> Messages:
+    """A query is a user string or a chat (list of {"role", "content"}) whose last turn is the user's."""
+    if isinstance(query, str):
+        return [{"role": "user", "content": query}]
+    messages = [dict(m) for m in query]
+    if not messages or messages[-1].get("role") != "user":
+        raise CtxDistillError("A multi-turn query must be a list of messages ending with a 'user' turn.")
+    return messages
+
+
+def with_context(query: Query, context: Context | None) -> Messages:
+    """The teacher's messages: the query with the context placed as its kind says."""
+    messages = as_messages(query)
+    if context is None:
+        return messages
+    if context.kind == "system":
+        if messages[0]["role"] == "system":  # keep the user's own system message, after the context
+            messages[0] = {"role": "system", "content": context.text + "\n\n" + messages[0]["content"]}
+        else:
+            messages.insert(0, {"role": "system", "content": context.text})
+        return messages
+    last = messages[-1]
+    if context.kind == "prefix":
+        content = context.text + "\n\n" + last["content"]
+    else:  # document
+        content = "Here is a document:\n\n" + context.text + "\n\n" + last["content"]
+    messages[-1] = {"role": "user", "content": content}
+    return messages
+
+
+def render_prompt(tokenizer, query: Query, context: Context | None = None) -> list[int]:
+    """Token ids of the chat-formatted prompt, ending with the assistant header that precedes the completion."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise CtxDistillError("The tokenizer has no chat template; ctxdistill renders contexts with it. Use an "
+                              "instruct/chat model or set tokenizer.chat_template.")
+    text = tokenizer.apply_chat_template(with_context(query, context), tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def assistant_header(tokenizer) -> list[int]:
+    """Ids the template adds for `add_generation_prompt`: every prompt must end with exactly these."""
+    messages = [{"role": "user", "content": "ping"}]
+    with_gen = render_prompt(tokenizer, messages)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    without = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if with_gen[: len(without)] != without or len(with_gen) == len(without):
+        raise CtxDistillError("Could not find the assistant header in the chat template's generation prompt.")
+    return with_gen[len(without):]
+
+
+def check_tokenizers_match(teacher_tok, student_tok) -> None:
+    """Teacher and student must share vocabulary, special tokens and chat template, else the KL is biased."""
+    problems = []
+    if teacher_tok.get_vocab() != student_tok.get_vocab():
+        problems.append("vocabularies differ")
+    if teacher_tok.all_special_tokens != student_tok.all_special_tokens:
+        problems.append(f"special tokens differ ({teacher_tok.all_special_tokens} vs {student_tok.all_special_tokens})")
+    if getattr(teacher_tok, "chat_template", None) != getattr(student_tok, "chat_template", None):
+        problems.append("chat templates differ")
+    if problems:
+        raise CtxDistillError("Teacher and student tokenizers do not match: " + "; ".join(problems) +
+                              ". Use a teacher from the same model family (same tokenizer and chat template).")
+
+
+def completion_logit_positions(prompt_len: int, completion_len: int, left_pad: int = 0) -> range:
+    """Positions whose logits predict y[0], ..., y[n-1]: the last prompt position predicts y[0]."""
+    if prompt_len < 1:
+        raise ValueError("a prompt needs at least one token to predict the completion from")
+    start = left_pad + prompt_len - 1
+    return range(start, start + completion_len)
+
+
+@dataclass
+class Pair:
+    """One (teacher view, student view) with the completion at the end of both."""
+
+    teacher_ids: list[int]
+    student_ids: list[int]
+    teacher_prompt_len: int
+    student_prompt_len: int
+
+    def __post_init__(self):
+        if self.teacher_ids[self.teacher_prompt_len:] != self.student_ids[self.student_prompt_len:]:
+            raise CtxDistillError("Internal error: teacher and student completions differ (invariant broken).")
+        if self.completion_len < 1:
+            raise CtxDistillError("A pair needs a non-empty completion.")
+
+    @property
+    def completion(self) -> list[int]:
+        return self.student_ids[self.student_prompt_len:]
+
+    @property
+    def completion_len(self) -> int:
+        return len(self.student_ids) - self.student_prompt_len
+
+
+def build_pair(teacher_prompt: Sequence[int], student_prompt: Sequence[int], completion: Sequence[int],
+               header: Sequence[int] | None = None, max_len: int | None = None) -> Pair:
+    """Append the same completion ids to both prompts; check both prompts end in the assistant header."""
+    if header is not None:
+        n = len(header)
+        if list(teacher_prompt[-n:]) != list(header) or list(student_prompt[-n:]) != list(header):
+            raise CtxDistillError("Teacher and student prompts do not end in the same assistant header: they were "
+                                  "rendered with different chat templates. Render both with one tokenizer.")
+    completion = list(completion)
+    pair = Pair(list(teacher_prompt) + completion, list(student_prompt) + completion,
+                len(teacher_prompt), len(student_prompt))
+    if max_len is not None and len(pair.teacher_ids) > max_len:
+        raise CtxDistillError(f"Context + query + completion is {len(pair.teacher_ids)} tokens, longer than the "
+                              f"model window ({max_len}). Shorten the context or lower max_new_tokens.")
+    return pair

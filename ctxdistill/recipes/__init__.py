@@ -1,0 +1,3 @@
+"""One file per method; each exposes `run(cfg, **inputs)`."""
+
+RECIPES = ("offline",)

@@ -1,0 +1,199 @@
+"""The one training loop: Accelerate, AdamW, warm-up + schedule, accumulation, checkpoints, resume, a budget.
+
+A recipe hands over a `loss_module` (an nn.Module whose forward(batch) returns the summed loss of a micro-batch
+and its token count: the student forward *and* the teacher targets, so everything runs inside the DDP forward) and
+a list of examples with a `collate` function. The data order is a pure function of (seed, step), so resuming is
+exact and every process agrees on which examples make up a step without a sampler.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ctxdistill import CtxDistillError
+from ctxdistill.io import atomic_torch_save
+
+
+@dataclass
+class TrainSettings:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    schedule: str = "cosine"  # cosine | linear | constant
+    grad_clip: float = 1.0
+    epochs: float = 3.0
+    max_steps: int = 0  # 0: derived from epochs
+    batch_size: int = 8  # examples per optimizer step, over all processes
+    micro_batch_size: int = 8  # examples per forward on one process
+    seed: int = 0
+    checkpoint_every: int = 25
+    deadline: float | None = None  # time.time() after which training stops and checkpoints
+
+
+@dataclass
+class TrainResult:
+    steps_done: int
+    total_steps: int
+    stopped_by_budget: bool
+    seconds: float
+    tokens_per_second: float
+    loss_history: list[float] = field(default_factory=list)
+
+    @property
+    def final_loss(self) -> float:
+        tail = self.loss_history[-5:]
+        return sum(tail) / len(tail) if tail else float("nan")
+
+
+def total_steps_for(n_examples: int, s: TrainSettings) -> int:
+    if s.max_steps > 0:
+        return s.max_steps
+    return max(1, math.ceil(s.epochs * n_examples / s.batch_size))
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n_examples, generator=g).tolist()
+
+
+def step_examples(step: int, n_examples: int, batch_size: int, seed: int) -> list[int]:
+    """Indices of the examples in optimizer step `step`: a stream of per-epoch shuffles, cut into batches."""
+    return [_epoch_order(n_examples, seed, pos // n_examples)[pos % n_examples]
+            for pos in range(step * batch_size, (step + 1) * batch_size)]
+
+
+def make_scheduler(optimizer, s: TrainSettings, total_steps: int):
+    warmup = int(round(s.warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if s.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if s.schedule == "linear":
+            return max(0.0, 1 - progress)
+        return 1.0
+
+    if s.schedule not in ("cosine", "linear", "constant"):
+        raise CtxDistillError(f"Unknown schedule '{s.schedule}'. Use cosine, linear or constant.")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _micro_batches(accelerator, s: TrainSettings) -> int:
+    world = accelerator.num_processes
+    if s.batch_size % world:
+        raise CtxDistillError(f"batch_size {s.batch_size} must be a multiple of the number of processes ({world}).")
+    per_process = s.batch_size // world
+    micro = min(s.micro_batch_size, per_process)
+    if per_process % micro:
+        raise CtxDistillError(f"batch_size / processes = {per_process} must be a multiple of micro_batch_size "
+                              f"({micro}). Change --set batch_size=... or micro_batch_size=....")
+    return micro
+
+
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate: Callable, s: TrainSettings,
+          checkpoint_path: Path, resume: bool = False, fingerprint: str = "") -> TrainResult:
+    if not examples:
+        raise CtxDistillError("No training examples: nothing to learn from. Check the prompts and the samples.")
+    micro = _micro_batches(accelerator, s)
+    total = total_steps_for(len(examples), s)
+    torch.manual_seed(s.seed)
+    params = [p for p in loss_module.parameters() if p.requires_grad]
+    if not params:
+        raise CtxDistillError("The model has no trainable parameters.")
+    optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    scheduler = make_scheduler(optimizer, s, total)
+
+    start_step, history = 0, []
+    if resume and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != fingerprint:
+            raise CtxDistillError(f"The checkpoint {checkpoint_path} was written by a run with another config or "
+                                  "data. Resume with the same settings, or use a new --out directory.")
+        named = dict(loss_module.named_parameters())
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                named[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_step, history = state["step"], state["loss_history"]
+        accelerator.print(f"Resuming from step {start_step}/{total} ({checkpoint_path}).")
+
+    model, optimizer = accelerator.prepare(loss_module, optimizer)  # the scheduler is ours: one step per update
+    unwrapped = accelerator.unwrap_model(model)
+
+    def save_checkpoint(step: int):
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            atomic_torch_save({"step": step, "trainable": trainable_state(unwrapped),
+                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                               "rng": torch.get_rng_state(), "loss_history": history,
+                               "fingerprint": fingerprint}, checkpoint_path)
+        accelerator.wait_for_everyone()
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    bar = tqdm(total=total, initial=start_step, desc="training", unit="step", dynamic_ncols=True,
+               disable=not accelerator.is_local_main_process)
+    model.train()
+    t0, tokens_seen, stopped, step = time.time(), 0, False, start_step
+    for step in range(start_step, total):
+        ids = step_examples(step, len(examples), s.batch_size, s.seed)
+        step_tokens = sum(examples[i].completion_len for i in ids)
+        batches = [ids[j:j + micro] for j in range(0, len(ids), micro)][rank::world]
+        loss_sum = torch.zeros((), device=accelerator.device)
+        for j, batch_ids in enumerate(batches):
+            sync = accelerator.no_sync(model) if j < len(batches) - 1 else nullcontext()
+            with sync, accelerator.autocast():
+                batch = collate([examples[i] for i in batch_ids])
+                batch_loss, n_input_tokens = model(batch)
+                # Token average over the whole step; DDP averages gradients over processes, hence × world.
+                accelerator.backward(batch_loss / step_tokens * world)
+            loss_sum += batch_loss.detach().float()
+            tokens_seen += int(n_input_tokens)
+        step_loss = float(accelerator.reduce(loss_sum, reduction="sum")) / step_tokens
+        if not math.isfinite(step_loss):
+            bar.close()
+            raise CtxDistillError(f"The loss became {step_loss} at step {step}: training diverged. The last "
+                                  f"checkpoint ({checkpoint_path}) is intact; lower the learning rate (--set lr=...) "
+                                  "or check the data, then run again with --resume.")
+        if s.grad_clip > 0:
+            accelerator.clip_grad_norm_(params, s.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        history.append(step_loss)
+        elapsed = time.time() - t0
+        bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_seen * world / max(elapsed, 1e-9):.0f}",
+                        lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        bar.update(1)
+        out_of_time = torch.tensor(float(s.deadline is not None and time.time() > s.deadline),
+                                   device=accelerator.device)
+        stopped = bool(accelerator.reduce(out_of_time, reduction="sum") > 0) and step + 1 < total
+        if stopped or (s.checkpoint_every and (step + 1) % s.checkpoint_every == 0):
+            save_checkpoint(step + 1)
+        if stopped:
+            accelerator.print(f"Time budget reached after {step + 1}/{total} steps; checkpoint saved.")
+            break
+    bar.close()
+    steps_done = (step + 1) if total > start_step else start_step
+    if not stopped:
+        save_checkpoint(steps_done)
+    seconds = time.time() - t0
+    return TrainResult(steps_done, total, stopped, seconds, tokens_seen * world / max(seconds, 1e-9), history)
