@@ -76,7 +76,20 @@ class DistillConfig:
         for key in ["epochs", "max_minutes", "lr", "weight_decay", "top_k", "max_steps", "warmup_ratio"]:
             if getattr(self, key) < 0:
                 raise CtxDistillError(f"{key} must be >= 0, got {getattr(self, key)}.")
+        if self.batch_size >= self.micro_batch_size and self.batch_size % self.micro_batch_size:
+            raise CtxDistillError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
+                                  f"({self.micro_batch_size}). Change --set batch_size=... or micro_batch_size=....")
+        if not self.model.strip():
+            raise CtxDistillError("model is empty. Pass --model with a Hugging Face id, a path, or 'default'.")
+        from ctxdistill.models import DTYPES
+
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise CtxDistillError(f"dtype={self.dtype!r} is not valid; use auto or one of {', '.join(DTYPES)}.")
         return self
+
+
+ALIASES = {"learning_rate": "lr", "lr_rate": "lr", "rank": "lora_r", "r": "lora_r", "alpha": "lora_alpha",
+           "num_epochs": "epochs", "steps": "max_steps", "k": "top_k"}
 
 
 def _coerce(key: str, value, typ):
@@ -85,6 +98,11 @@ def _coerce(key: str, value, typ):
         if isinstance(value, (str, list)):
             return value
         raise CtxDistillError(f"{key} must be a string or a list, got {value!r}.")
+    if typ in (int, float) and isinstance(value, str):
+        try:  # YAML reads 1e-3 (no dot) as a string
+            value = typ(value)
+        except ValueError:
+            pass
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -92,7 +110,7 @@ def _coerce(key: str, value, typ):
         return float(value)
     elif typ is int and isinstance(value, int) and not isinstance(value, bool):
         return value
-    elif typ is str:
+    elif typ is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     raise CtxDistillError(f"{key} must be of type {typ.__name__}, got {value!r}.")
 
@@ -102,7 +120,7 @@ def apply_overrides(cfg, values: dict, source: str):
     names = [f.name for f in dataclasses.fields(cfg)]
     for key, value in values.items():
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=3)
+            close = ([ALIASES[key]] if key in ALIASES else []) + difflib.get_close_matches(key, names, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else f" Valid keys: {', '.join(names)}."
             raise CtxDistillError(f"Unknown config key '{key}' in {source}.{hint}")
         setattr(cfg, key, _coerce(key, value, hints[key]))

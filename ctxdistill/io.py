@@ -120,7 +120,7 @@ def read_qa(path, flag: str = "--qa") -> list[dict]:
     data = _load_json(p, flag)
     if isinstance(data, dict):
         if "docs" in data and isinstance(data["docs"], list):
-            data = [qa for d in data["docs"] for qa in d.get("qa", [])]
+            data = [qa for d in data["docs"] if isinstance(d, dict) for qa in (d.get("qa") or [])]
         else:
             data = data.get("eval", data.get("qa"))
     ok = isinstance(data, list) and data and all(

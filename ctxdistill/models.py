@@ -118,10 +118,13 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """`auto` is bf16 where the hardware multiplies bf16 natively (AMX/AVX512-BF16 CPUs, recent GPUs), else fp32."""
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = DTYPES
     if dtype == "auto":
         return torch.bfloat16 if bf16_supported(device) else torch.float32
     if dtype not in table:

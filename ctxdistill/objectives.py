@@ -21,10 +21,16 @@ def _head_params(head: torch.nn.Module):
     return head.weight, getattr(head, "bias", None)
 
 
+def _logits32(h, w, b):
+    """Project to the vocabulary (in the compute dtype) and reduce in at least fp32."""
+    logits = F.linear(h, w, b)
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 def _forward_kl_chunk(s_h, t_h, s_w, s_b, t_w, t_b, temperature: float, top_k: int):
-    s_logp = torch.log_softmax(F.linear(s_h, s_w, s_b).float() / temperature, dim=-1)
+    s_logp = torch.log_softmax(_logits32(s_h, s_w, s_b) / temperature, dim=-1)
     with torch.no_grad():
-        t_logits = F.linear(t_h, t_w, t_b).float() / temperature
+        t_logits = _logits32(t_h, t_w, t_b) / temperature
         if top_k:
             # Teacher top-k support, teacher renormalized over it: soft targets on the k likeliest tokens.
             t_vals, t_idx = t_logits.topk(top_k, dim=-1)
@@ -36,7 +42,7 @@ def _forward_kl_chunk(s_h, t_h, s_w, s_b, t_w, t_b, temperature: float, top_k: i
 
 
 def _sft_chunk(s_h, labels, s_w, s_b):
-    return F.cross_entropy(F.linear(s_h, s_w, s_b).float(), labels, reduction="sum")
+    return F.cross_entropy(_logits32(s_h, s_w, s_b), labels, reduction="sum")
 
 
 def _run_chunks(fn, n_rows: int, chunk_size: int, row_args, const_args):

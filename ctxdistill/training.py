@@ -170,9 +170,10 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
         step_loss = float(accelerator.reduce(loss_sum, reduction="sum")) / step_tokens
         if not math.isfinite(step_loss):
             bar.close()
-            raise CtxDistillError(f"The loss became {step_loss} at step {step}: training diverged. The last "
-                                  f"checkpoint ({checkpoint_path}) is intact; lower the learning rate (--set lr=...) "
-                                  "or check the data, then run again with --resume.")
+            kept = (f"The last checkpoint ({checkpoint_path}) is intact" if checkpoint_path.exists()
+                    else "No checkpoint was written yet")
+            raise CtxDistillError(f"The loss became {step_loss} at step {step}: training diverged. {kept}; lower "
+                                  "the learning rate (--set lr=...) or check the data, then run again with --resume.")
         if s.grad_clip > 0:
             accelerator.clip_grad_norm_(params, s.grad_clip)
         optimizer.step()

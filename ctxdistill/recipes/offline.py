@@ -23,7 +23,7 @@ from ctxdistill.artifacts import save_adapter, sha256_text, write_manifest, writ
 from ctxdistill.config import DistillConfig
 from ctxdistill.evaluation import evaluate, results_table
 from ctxdistill.generation import generate
-from ctxdistill.io import read_context, read_jsonl, read_prompts, read_qa, write_jsonl
+from ctxdistill.io import atomic_write_json, read_context, read_jsonl, read_prompts, read_qa, write_jsonl
 from ctxdistill.losses import DistillLoss, collate_pairs
 from ctxdistill.models import add_lora, bf16_supported, default_device, load_model, pick_dtype
 from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
@@ -39,6 +39,21 @@ def prepare_out_dir(out: Path, resume: bool) -> None:
         raise CtxDistillError(f"{out} already holds a run. Pass --resume to continue it, or choose a new --out "
                               "(nothing was overwritten).")
     out.mkdir(parents=True, exist_ok=True)
+
+
+DATA_KEYS = ("model", "context_kind", "num_queries", "query_temperature", "samples_per_query", "sample_temperature",
+             "max_new_tokens", "seed")
+
+
+def check_data_fingerprint(out: Path, fingerprint: dict) -> None:
+    """Cached data is reused on --resume only if it was made from the same inputs."""
+    path = out / "data" / "inputs.json"
+    if path.exists():
+        if json.loads(path.read_text()) != fingerprint:
+            raise CtxDistillError(f"{out} holds data made from other inputs (context, prompts or generation "
+                                  "settings changed). Resume with the same inputs, or choose a new --out.")
+    else:
+        atomic_write_json(path, fingerprint)
 
 
 def main_process_writes(accelerator, path: Path, make_rows) -> list:
@@ -76,6 +91,9 @@ def run(cfg: DistillConfig, context_file: str, prompts_file: str | None, out_dir
     if window and len(render_prompt(tokenizer, "x", context)) + cfg.max_new_tokens > window:
         raise CtxDistillError(f"The context does not fit the model window ({window} tokens) with max_new_tokens="
                               f"{cfg.max_new_tokens}. Shorten the context or lower max_new_tokens.")
+    if accelerator.is_main_process:
+        check_data_fingerprint(out, {"context_sha256": sha256_text(context.text), "prompts": given_prompts,
+                                     **{k: getattr(cfg, k) for k in DATA_KEYS}})
 
     # 1. Queries.
     t0 = time.time()
