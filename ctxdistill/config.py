@@ -33,12 +33,12 @@ class DistillConfig:
     top_k: int = 0  # 0: full vocabulary; k: the teacher's top-k, renormalized
     chunk_size: int = 256  # completion rows projected to the vocabulary at once
     # optimization
-    lr: float = 0.0  # 0: 1e-3 for LoRA, 1e-5 for full fine-tuning
+    lr: float = 0.0  # 0: 2e-3 for LoRA, 1e-5 for full fine-tuning
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     schedule: str = "cosine"
     grad_clip: float = 1.0
-    epochs: float = 3.0
+    epochs: float = 5.0
     max_steps: int = 0
     batch_size: int = 8
     micro_batch_size: int = 8
@@ -48,7 +48,7 @@ class DistillConfig:
     # data: queries and teacher samples
     num_queries: int = 64  # synthesized when no --prompts
     query_temperature: float = 1.0
-    samples_per_query: int = 4
+    samples_per_query: int = 8
     sample_temperature: float = 0.8
     max_new_tokens: int = 96
     gen_batch_size: int = 64
@@ -57,7 +57,7 @@ class DistillConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr > 0 else (1e-3 if self.finetune == "lora" else 1e-5)
+        return self.lr if self.lr > 0 else (2e-3 if self.finetune == "lora" else 1e-5)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

