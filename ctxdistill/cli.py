@@ -69,7 +69,7 @@ def _cmd_chat(args) -> None:
     from ctxdistill.io import read_context
     from ctxdistill.pairs import Context
 
-    model, tok = _load_with_adapters(args.model, args.adapter)
+    model, tok = _load_with_adapters(args.model, [args.adapter] if args.adapter else None)
     context = Context(read_context(args.context)["context"], args.context_kind) if args.context else None
     if args.prompt is not None:
         print(answers(model, tok, [args.prompt], context, True, args.max_new_tokens)[0])
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_eval)
 
     c = sub.add_parser("chat", help="talk to a model with an adapter")
-    c.add_argument("--adapter", action="append", default=None)
+    c.add_argument("--adapter", default=None, help="OUT/adapter of a distill run (omit for the base model)")
     c.add_argument("--model", default=None)
     c.add_argument("--prompt", default=None, help="answer this once and exit")
     c.add_argument("--context", default=None, help="show a context too (to compare with the teacher)")
