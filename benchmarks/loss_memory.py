@@ -53,7 +53,7 @@ def main():
     p.add_argument("--dtype", default="bfloat16")
     a = p.parse_args()
     print(f"rows={a.rows} hidden={a.hidden} vocab={a.vocab} dtype={a.dtype} (forward + backward)\n")
-    print(f"| objective | ours s | naive s | time ratio | ours peak MB | naive peak MB | memory ratio | loss match |")
+    print("| objective | ours s | naive s | time ratio | ours peak MB | naive peak MB | memory ratio | loss match |")
     print("|---|---|---|---|---|---|---|---|")
     for objective in ("forward_kl", "sft"):
         ours = measure("ours", objective, a.rows, a.hidden, a.vocab, a.dtype)

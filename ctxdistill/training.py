@@ -9,7 +9,6 @@ exact and every process agrees on which examples make up a step without a sample
 from __future__ import annotations
 
 import math
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field

@@ -562,7 +562,6 @@ def test_resume_with_a_checkpoint_from_other_settings(tmp_path, fresh_accelerate
 
 def test_documented_config_file_matches_the_defaults():
     """configs/offline.yaml lists every key with its default: loading it changes nothing."""
-    from pathlib import Path
 
     from ctxdistill.config import DistillConfig, load_config
 

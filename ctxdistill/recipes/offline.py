@@ -25,7 +25,7 @@ from ctxdistill.evaluation import evaluate, results_table
 from ctxdistill.generation import generate
 from ctxdistill.io import atomic_write_json, read_context, read_jsonl, read_prompts, read_qa, write_jsonl
 from ctxdistill.losses import DistillLoss, collate_pairs
-from ctxdistill.models import add_lora, bf16_supported, default_device, load_model, pick_dtype
+from ctxdistill.models import add_lora, bf16_supported, default_device, load_model
 from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
 from ctxdistill.queries import synthesize_queries
 from ctxdistill.teacher import Teacher
