@@ -25,23 +25,23 @@ def _cmd_distill(args) -> None:
         print(f"\nAdapter, manifest and report in {args.out}/")
 
 
-def _load_with_adapters(model_name: str | None, adapters: list[str] | None):
+def _load_with_adapter(model_name: str | None, adapter: str | None):
+    """The base model (from --model, else the adapter's base_model_name_or_path) with the adapter loaded."""
+    import os
+
     from ctxdistill.models import load_model
 
-    if not adapters:
+    if not adapter:
         model, tok, _ = load_model(model_name or "default")
         return model, tok
     from peft import PeftConfig, PeftModel
 
-    for a in adapters:
-        import os
-
-        if not os.path.isfile(os.path.join(a, "adapter_config.json")):
-            raise CtxDistillError(f"{a} is not a PEFT adapter directory (no adapter_config.json). Pass OUT/adapter "
-                                  "of a distill run.")
-    base = model_name or PeftConfig.from_pretrained(adapters[0]).base_model_name_or_path
+    if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
+        raise CtxDistillError(f"{adapter} is not a PEFT adapter directory (no adapter_config.json). Pass OUT/adapter "
+                              "of a distill run.")
+    base = model_name or PeftConfig.from_pretrained(adapter).base_model_name_or_path
     model, tok, _ = load_model(base)
-    model = PeftModel.from_pretrained(model, adapters[0])
+    model = PeftModel.from_pretrained(model, adapter)
     model.eval()
     return model, tok
 
@@ -54,7 +54,7 @@ def _cmd_eval(args) -> None:
     context = read_context(args.context)
     qa = read_qa(args.qa)
     retention = read_qa(args.retention, "--retention") if args.retention else None
-    model, tok = _load_with_adapters(args.model, [args.adapter])
+    model, tok = _load_with_adapter(args.model, args.adapter)
     result = evaluate(model, tok, Context(context["context"], args.context_kind), qa, retention, args.max_new_tokens)
     table = results_table(result)
     print(table)
@@ -69,7 +69,7 @@ def _cmd_chat(args) -> None:
     from ctxdistill.io import read_context
     from ctxdistill.pairs import Context
 
-    model, tok = _load_with_adapters(args.model, [args.adapter] if args.adapter else None)
+    model, tok = _load_with_adapter(args.model, args.adapter)
     context = Context(read_context(args.context)["context"], args.context_kind) if args.context else None
     if args.prompt is not None:
         print(answers(model, tok, [args.prompt], context, True, args.max_new_tokens)[0])

@@ -37,24 +37,26 @@ def answers(model, tokenizer, questions, context=None, adapter=True, max_new_tok
 
 
 @torch.no_grad()
-def mean_kl_to_teacher(model, tokenizer, context: Context, questions, completions, student_adapter: bool,
-                       batch_size: int = 16) -> float:
-    """Mean per-token KL(teacher with context ‖ model without it) on the given completion ids."""
+def mean_kl_to_teacher(model, tokenizer, context: Context, questions, completions,
+                       batch_size: int = 16) -> dict[str, float]:
+    """Mean per-token KL(teacher with context ‖ model without it) on the given completion ids, for the base
+    (adapter off) and the student (adapter on); the teacher pass is shared by both."""
     header = assistant_header(tokenizer)
     pairs = [build_pair(render_prompt(tokenizer, q, context), render_prompt(tokenizer, q), y, header)
              for q, y in zip(questions, completions) if y]
     device = next(model.parameters()).device
-    total, tokens = 0.0, 0
+    head = output_head(model)
+    totals, tokens = {"base": 0.0, "student": 0.0}, 0
     for start in range(0, len(pairs), batch_size):
         batch = collate_pairs(pairs[start:start + batch_size], tokenizer.pad_token_id).to(device)
         with _adapter(model, False):
             t_h = final_hidden(model, batch.teacher_ids, batch.teacher_mask)[batch.teacher_rows]
-        with _adapter(model, student_adapter):
-            s_h = final_hidden(model, batch.student_ids, batch.student_mask)[batch.student_rows]
-        head = output_head(model)
-        total += float(forward_kl(s_h, head, t_h, head))
+        for name, adapter in (("base", False), ("student", True)):
+            with _adapter(model, adapter):
+                s_h = final_hidden(model, batch.student_ids, batch.student_mask)[batch.student_rows]
+            totals[name] += float(forward_kl(s_h, head, t_h, head))
         tokens += len(batch.labels)
-    return total / max(tokens, 1)
+    return {name: total / max(tokens, 1) for name, total in totals.items()}
 
 
 def evaluate(model, tokenizer, context: Context, qa: list[dict], retention: list[dict] | None = None,
@@ -69,11 +71,8 @@ def evaluate(model, tokenizer, context: Context, qa: list[dict], retention: list
     }
     result = {"n": len(qa), "questions": questions, "answers": rows}
     result["accuracy"] = {k: sum(contains_any(a, x["a"]) for a, x in zip(v, qa)) for k, v in rows.items()}
-    result["kl_to_teacher"] = {
-        "base": mean_kl_to_teacher(model, tokenizer, context, questions, teacher_ids, student_adapter=False),
-        "teacher": 0.0,
-        "student": mean_kl_to_teacher(model, tokenizer, context, questions, teacher_ids, student_adapter=True),
-    }
+    result["kl_to_teacher"] = {"teacher": 0.0, **mean_kl_to_teacher(model, tokenizer, context, questions,
+                                                                       teacher_ids)}
     if retention:
         rq = [x["q"] for x in retention]
         ret = {"base": answers(model, tokenizer, rq, None, False, max_new_tokens),
