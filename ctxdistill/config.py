@@ -27,10 +27,20 @@ class DistillConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_targets: typing.Union[str, list] = "all-linear"
-    # objective
-    objective: str = "forward_kl"  # forward_kl (soft targets) | sft (hard labels)
+    teacher: str = ""  # "": the base with the adapter off (LoRA) or a frozen copy (full); else another model, same tokenizer
+    teacher_cache: bool = False  # score the samples once, keep the teacher's top-k on disk (needs top_k > 0)
+    prefix_cache: bool = True  # encode the context once and reuse its KV cache in every teacher forward
+    # objective: a term name, names joined by "+", or a mapping {term: weight}
+    objective: typing.Union[str, dict] = "forward_kl"  # forward_kl | reverse_kl | jsd | sampled_kl | sft
     temperature: float = 1.0
-    top_k: int = 0  # 0: full vocabulary; k: the teacher's top-k, renormalized
+    t2_scaling: bool = False  # multiply the divergence terms by T²
+    jsd_beta: float = 0.5  # jsd only: 0 = forward KL, 1 = reverse KL
+    top_k: int = 0  # 0: full vocabulary; k: a top-k support
+    top_k_support: str = "teacher"  # teacher | student | union
+    top_k_tail: str = "renorm"  # renorm | bucket (the rest of the mass as one outcome)
+    skip_first: int = 0  # completion tokens at the start that carry no loss
+    hidden_weight: float = 0.0  # Deep Context Distillation's hidden-state term, weighted against the logit terms
+    hidden_layers: typing.Union[str, list] = "all"  # all, or a list of layer indices
     chunk_size: int = 256  # completion rows projected to the vocabulary at once
     # optimization
     lr: float = 0.0  # 0: 2e-3 for LoRA, 1e-5 for full fine-tuning
@@ -59,11 +69,35 @@ class DistillConfig:
     def learning_rate(self) -> float:
         return self.lr if self.lr > 0 else (2e-3 if self.finetune == "lora" else 1e-5)
 
+    def objective_terms(self) -> dict[str, float]:
+        if isinstance(self.objective, dict):
+            try:
+                return {str(k): float(v) for k, v in self.objective.items()}
+            except (TypeError, ValueError) as e:
+                raise CtxDistillError(f"objective weights must be numbers, got {self.objective!r}.") from e
+        return {name.strip(): 1.0 for name in str(self.objective).split("+") if name.strip()}
+
+    def build_objective(self):
+        from ctxdistill.objectives import Objective
+
+        if isinstance(self.hidden_layers, str):
+            if self.hidden_layers != "all":
+                raise CtxDistillError(f"hidden_layers must be 'all' or a list of layer indices, got "
+                                      f"{self.hidden_layers!r}.")
+            layers = ()
+        else:
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in self.hidden_layers):
+                raise CtxDistillError(f"hidden_layers must be a list of integers, got {self.hidden_layers!r}.")
+            layers = tuple(self.hidden_layers)
+        return Objective(self.objective_terms(), temperature=self.temperature, t2_scaling=self.t2_scaling,
+                         jsd_beta=self.jsd_beta, top_k=self.top_k, support=self.top_k_support, tail=self.top_k_tail,
+                         hidden_weight=self.hidden_weight, hidden_layers=layers)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def validate(self) -> "DistillConfig":
-        choices = {"finetune": ("lora", "full"), "objective": ("forward_kl", "sft"),
+        choices = {"finetune": ("lora", "full"),
                    "context_kind": ("system", "prefix", "document"), "schedule": ("cosine", "linear", "constant")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -73,7 +107,7 @@ class DistillConfig:
         for key in positive:
             if getattr(self, key) <= 0:
                 raise CtxDistillError(f"{key} must be > 0, got {getattr(self, key)}.")
-        for key in ["epochs", "max_minutes", "lr", "weight_decay", "top_k", "max_steps", "warmup_ratio"]:
+        for key in ["epochs", "max_minutes", "lr", "weight_decay", "top_k", "max_steps", "warmup_ratio", "skip_first"]:
             if getattr(self, key) < 0:
                 raise CtxDistillError(f"{key} must be >= 0, got {getattr(self, key)}.")
         if self.batch_size >= self.micro_batch_size and self.batch_size % self.micro_batch_size:
@@ -85,6 +119,12 @@ class DistillConfig:
 
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise CtxDistillError(f"dtype={self.dtype!r} is not valid; use auto or one of {', '.join(DTYPES)}.")
+        objective = self.build_objective()  # refuses unknown terms, bad weights, supports and tails
+        if self.teacher_cache and (not self.top_k or self.top_k_support != "teacher"):
+            raise CtxDistillError("teacher_cache stores the teacher's top-k: set top_k > 0 and top_k_support=teacher.")
+        if self.teacher_cache and ("sampled_kl" in objective.terms or objective.hidden_weight > 0):
+            raise CtxDistillError("teacher_cache cannot serve sampled_kl or the hidden-state term (they need a live "
+                                  "teacher); set teacher_cache=false.")
         return self
 
 
@@ -95,9 +135,10 @@ ALIASES = {"learning_rate": "lr", "lr_rate": "lr", "rank": "lora_r", "r": "lora_
 def _coerce(key: str, value, typ):
     origin = typing.get_origin(typ)
     if origin in (typing.Union, types.UnionType):
-        if isinstance(value, (str, list)):
+        allowed = typing.get_args(typ)
+        if isinstance(value, allowed):
             return value
-        raise CtxDistillError(f"{key} must be a string or a list, got {value!r}.")
+        raise CtxDistillError(f"{key} must be one of: {', '.join(a.__name__ for a in allowed)}; got {value!r}.")
     if typ in (int, float) and isinstance(value, str):
         try:  # YAML reads 1e-3 (no dot) as a string
             value = typ(value)

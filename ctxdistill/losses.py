@@ -7,29 +7,10 @@ from dataclasses import dataclass
 import torch
 
 from ctxdistill import CtxDistillError
-from ctxdistill.objectives import OBJECTIVES, forward_kl, sft
-from ctxdistill.pairs import Pair, completion_logit_positions
-from ctxdistill.teacher import Teacher, final_hidden, output_head
-
-
-def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
-def completion_rows(prompt_lens: list[int], completion_lens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(batch index, position) of every completion-predicting row of a right-padded batch, in completion order."""
-    b_idx, pos = [], []
-    for b, (p, n) in enumerate(zip(prompt_lens, completion_lens)):
-        positions = completion_logit_positions(p, n)
-        b_idx.extend([b] * n)
-        pos.extend(positions)
-    return torch.tensor(b_idx, dtype=torch.long), torch.tensor(pos, dtype=torch.long)
+from ctxdistill.objectives import Objective, TeacherLogits, head_loss, hidden_state_term
+from ctxdistill.pairs import Pair, completion_rows, pad_right
+from ctxdistill.teacher import Teacher, decoder_states, num_layers, output_head
+from ctxdistill.topk_cache import TopKCache
 
 
 @dataclass
@@ -40,44 +21,86 @@ class PairBatch:
     teacher_ids: torch.Tensor
     teacher_mask: torch.Tensor
     teacher_rows: tuple[torch.Tensor, torch.Tensor]
-    labels: torch.Tensor  # the completion ids, row-aligned
+    labels: torch.Tensor  # the completion ids of the rows, row-aligned
+    pairs: list[Pair] | None = None  # kept for teachers that look rows up (the top-k cache)
 
     def to(self, device) -> "PairBatch":
-        mv = lambda x: tuple(t.to(device) for t in x) if isinstance(x, tuple) else x.to(device)  # noqa: E731
-        return PairBatch(**{k: mv(v) for k, v in self.__dict__.items()})
+        def move(x):
+            if isinstance(x, tuple):
+                return tuple(t.to(device) for t in x)
+            return x.to(device) if isinstance(x, torch.Tensor) else x
+
+        return PairBatch(**{k: move(v) for k, v in self.__dict__.items()})
 
 
-def collate_pairs(pairs: list[Pair], pad_id: int) -> PairBatch:
+def collate_pairs(pairs: list[Pair], pad_id: int, skip_first: int = 0) -> PairBatch:
     s_ids, s_mask = pad_right([p.student_ids for p in pairs], pad_id)
     t_ids, t_mask = pad_right([p.teacher_ids for p in pairs], pad_id)
     n = [p.completion_len for p in pairs]
-    labels = torch.tensor([t for p in pairs for t in p.completion], dtype=torch.long)
-    return PairBatch(s_ids, s_mask, completion_rows([p.student_prompt_len for p in pairs], n),
-                     t_ids, t_mask, completion_rows([p.teacher_prompt_len for p in pairs], n), labels)
+    labels = torch.tensor([t for p in pairs for t in p.completion[skip_first:]], dtype=torch.long)
+    return PairBatch(s_ids, s_mask, completion_rows([p.student_prompt_len for p in pairs], n, skip_first),
+                     t_ids, t_mask, completion_rows([p.teacher_prompt_len for p in pairs], n, skip_first), labels,
+                     list(pairs))
+
+
+def _pick_layers(layers: list[torch.Tensor], chosen: tuple[int, ...]) -> list[torch.Tensor]:
+    return layers if not chosen else [layers[i] for i in chosen]
 
 
 class DistillLoss(torch.nn.Module):
-    """forward(batch) → (summed loss over completion tokens, input tokens processed). Holds the trainable student."""
+    """forward(batch) → (summed loss over the loss rows, input tokens processed). Holds the trainable student.
 
-    def __init__(self, student, teacher: Teacher | None, objective: str = "forward_kl", temperature: float = 1.0,
-                 top_k: int = 0, chunk_size: int = 256):
+    `teacher` is a Teacher (live forward, optionally with an encoded prefix), a TopKCache, or None (SFT only)."""
+
+    def __init__(self, student, teacher: Teacher | TopKCache | None, objective: Objective | None = None,
+                 chunk_size: int = 256, skip_first: int = 0):
         super().__init__()
-        if objective not in OBJECTIVES:
-            raise CtxDistillError(f"Unknown objective '{objective}'. Use one of: {', '.join(OBJECTIVES)}.")
-        if objective != "sft" and teacher is None:
-            raise CtxDistillError(f"Objective '{objective}' needs a teacher.")
-        self.student = student
-        self.teacher = teacher
-        self.objective, self.temperature, self.top_k, self.chunk_size = objective, temperature, top_k, chunk_size
+        objective = objective or Objective()
+        if objective.needs_teacher and teacher is None:
+            raise CtxDistillError(f"The objective {dict(objective.terms)} needs a teacher.")
+        if isinstance(teacher, TopKCache):
+            if objective.hidden_weight > 0:
+                raise CtxDistillError("The hidden-state term needs a live teacher, not a top-k cache.")
+            if abs(teacher.temperature - objective.temperature) > 1e-9:
+                raise CtxDistillError(f"The teacher cache was written at temperature {teacher.temperature}, the "
+                                      f"objective uses {objective.temperature}. Rebuild the cache.")
+        if objective.hidden_weight > 0:
+            n = num_layers(student)
+            bad = [i for i in objective.hidden_layers if not -n <= i < n]
+            if bad:
+                raise CtxDistillError(f"hidden_layers {bad} are out of range for a model with {n} layers.")
+            t_size = output_head(teacher.model).weight.shape[1]
+            if t_size != output_head(student).weight.shape[1]:
+                raise CtxDistillError("The hidden-state term compares hidden states, so teacher and student need the "
+                                      f"same hidden size ({t_size} vs {output_head(student).weight.shape[1]}).")
+        if skip_first < 0:
+            raise CtxDistillError(f"skip_first must be >= 0, got {skip_first}.")
+        self.student, self.teacher, self.objective = student, teacher, objective
+        self.chunk_size, self.skip_first = chunk_size, skip_first
+
+    def tokens_in(self, pair: Pair) -> int:
+        """Loss rows a pair contributes: the per-token average divides by their sum."""
+        return max(0, pair.completion_len - self.skip_first)
 
     def forward(self, batch: PairBatch):
         device = next(self.student.parameters()).device
         batch = batch.to(device)
-        s_hidden = final_hidden(self.student, batch.student_ids, batch.student_mask)[batch.student_rows]
-        if self.objective == "sft":
-            loss = sft(s_hidden, output_head(self.student), batch.labels, self.chunk_size)
-            return loss, batch.student_mask.sum()
-        t_hidden = self.teacher.hidden(batch.teacher_ids, batch.teacher_mask)[batch.teacher_rows]
-        loss = forward_kl(s_hidden, output_head(self.student), t_hidden, self.teacher.head,
-                          self.temperature, self.top_k, self.chunk_size)
+        obj = self.objective
+        with_layers = obj.hidden_weight > 0
+        s_final, s_layers = decoder_states(self.student, batch.student_ids, batch.student_mask, with_layers)
+        s_rows = s_final[batch.student_rows]
+        teacher_rows, t_layers, offset = None, None, 0
+        if isinstance(self.teacher, TopKCache):
+            teacher_rows = self.teacher.rows(batch.pairs, self.skip_first)
+            teacher_rows.ids, teacher_rows.logp = teacher_rows.ids.to(device), teacher_rows.logp.to(device)
+        elif self.teacher is not None:
+            t_final, t_layers, offset = self.teacher.states(batch.teacher_ids, batch.teacher_mask, with_layers)
+            t_idx = (batch.teacher_rows[0], batch.teacher_rows[1] - offset)
+            teacher_rows = TeacherLogits(t_final[t_idx], self.teacher.head)
+        loss = head_loss(s_rows, output_head(self.student), teacher_rows if obj.needs_teacher_logits else None,
+                         batch.labels, obj, self.chunk_size) if obj.terms else s_rows.sum() * 0.0
+        if with_layers:
+            s_sel = [h[batch.student_rows] for h in _pick_layers(s_layers, obj.hidden_layers)]
+            t_sel = [h[t_idx] for h in _pick_layers(t_layers, obj.hidden_layers)]
+            loss = loss + obj.hidden_weight * hidden_state_term(s_sel, t_sel)
         return loss, batch.student_mask.sum()

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence, Union
 
+import torch
+
 from ctxdistill import CtxDistillError
 
 CONTEXT_KINDS = ("system", "prefix", "document")
@@ -142,3 +144,25 @@ def build_pair(teacher_prompt: Sequence[int], student_prompt: Sequence[int], com
         raise CtxDistillError(f"Context + query + completion is {len(pair.teacher_ids)} tokens, longer than the "
                               f"model window ({max_len}). Shorten the context or lower max_new_tokens.")
     return pair
+
+
+def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def completion_rows(prompt_lens: list[int], completion_lens: list[int],
+                    skip_first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch index, position) of every completion-predicting row of a right-padded batch, in completion order,
+    leaving out the rows that predict the first `skip_first` completion tokens of each sequence."""
+    b_idx, pos = [], []
+    for b, (p, n) in enumerate(zip(prompt_lens, completion_lens)):
+        positions = completion_logit_positions(p, n)[skip_first:]
+        b_idx.extend([b] * len(positions))
+        pos.extend(positions)
+    return torch.tensor(b_idx, dtype=torch.long), torch.tensor(pos, dtype=torch.long)

@@ -1,16 +1,23 @@
 """Teacher sources and the hidden-state access both views share.
 
-The teacher is either the student's own base weights with the LoRA adapter switched off (no copy of the weights)
-or a frozen copy taken before full fine-tuning starts. Both give final hidden states; the objective projects only
-the completion rows to logits.
+A teacher scores the teacher views with frozen weights and hands back hidden states of the completion rows only:
+- the student's own base weights with the LoRA adapter switched off (no copy of the weights; the default),
+- a frozen copy taken before full fine-tuning starts,
+- another model with the same tokenizer (for instance a bigger one),
+- or a top-k cache on disk, see `topk_cache.py`.
+A context every teacher view starts with is encoded once (`encode_prefix`) and its KV cache is reused by every
+teacher forward: the teacher then only runs the query and the completion.
 """
 
 from __future__ import annotations
 
 import copy
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
+
+from ctxdistill import CtxDistillError
 
 
 def base_model(model):
@@ -18,25 +25,93 @@ def base_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Final (post-norm) hidden states, B × L × H, without computing any logits."""
-    decoder = base_model(model).get_decoder()
-    return decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-
-
 def output_head(model) -> torch.nn.Module:
     return base_model(model).get_output_embeddings()
 
 
-class Teacher:
-    """Scores views with frozen weights: the adapter-disabled student, or a frozen copy of the initial model."""
+def num_layers(model) -> int:
+    return base_model(model).config.num_hidden_layers
 
-    def __init__(self, student, frozen_copy: bool):
+
+@dataclass
+class PrefixKV:
+    """The KV cache of token ids every view starts with, computed once, batch size 1."""
+
+    ids: list[int]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def expand(self, batch: int, config):
+        from transformers import DynamicCache
+
+        # expand() makes views; the forward concatenates onto them, so the stored tensors are never written.
+        return DynamicCache(ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
+                                            for k, v in self.layers], config=config)
+
+
+def decoder_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_layers: bool = False,
+                   prefix: PrefixKV | None = None):
+    """(final post-norm hidden states B × L × H, per-layer outputs or None), without computing any logits.
+
+    With `prefix`, `input_ids` are what follows the prefix; positions continue after it."""
+    decoder = base_model(model).get_decoder()
+    kwargs = dict(input_ids=input_ids, use_cache=prefix is not None, output_hidden_states=all_layers)
+    if prefix is None:
+        kwargs["attention_mask"] = attention_mask
+    else:
+        b, length, p = input_ids.shape[0], input_ids.shape[1], len(prefix)
+        ones = torch.ones((b, p), dtype=attention_mask.dtype, device=attention_mask.device)
+        positions = torch.arange(p, p + length, device=input_ids.device)
+        kwargs.update(attention_mask=torch.cat([ones, attention_mask], 1), past_key_values=prefix.expand(b, decoder.config),
+                      position_ids=positions.expand(b, -1), cache_position=positions)
+    out = decoder(**kwargs)
+    layers = list(out.hidden_states[1:]) if all_layers else None  # [0] is the embeddings
+    return out.last_hidden_state, layers
+
+
+def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Final (post-norm) hidden states, B × L × H, without computing any logits."""
+    return decoder_states(model, input_ids, attention_mask)[0]
+
+
+def shared_prefix_len(sequences: list[list[int]], prompt_lens: list[int]) -> int:
+    """Length of the token prefix all sequences share, leaving each prompt at least its last token."""
+    if not sequences:
+        return 0
+    first, n = sequences[0], min(prompt_lens) - 1
+    for seq in sequences[1:]:
+        n = min(n, len(seq))
+        i = 0
+        while i < n and seq[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
+
+
+def load_teacher_model(name: str, student_tokenizer, dtype: str, device):
+    """Another model as the teacher (e.g. a bigger one); its tokenizer must equal the student's exactly."""
+    from ctxdistill.models import load_model
+    from ctxdistill.pairs import check_tokenizers_match
+
+    model, tokenizer, _ = load_model(name, dtype, device)
+    check_tokenizers_match(tokenizer, student_tokenizer)
+    return model.eval().requires_grad_(False)
+
+
+class Teacher:
+    """Scores views with frozen weights: the adapter-disabled student, a frozen copy, or another model."""
+
+    def __init__(self, student, frozen_copy: bool = False, other=None):
         self.student = student
         self.copy = None
-        if frozen_copy:
+        if other is not None:
+            self.copy = base_model(other).eval().requires_grad_(False)
+        elif frozen_copy:
             self.copy = copy.deepcopy(base_model(student)).eval()
             self.copy.requires_grad_(False)
+        self.prefix: PrefixKV | None = None
 
     @property
     def model(self):
@@ -47,10 +122,51 @@ class Teacher:
             return self.student.disable_adapter()
         return nullcontext()
 
+    def encode_shared_prefix(self, sequences: list[list[int]], prompt_lens: list[int],
+                             min_len: int = 16) -> PrefixKV | None:
+        """Encode the longest prefix all teacher views share (the context), if it is worth it."""
+        n = shared_prefix_len(sequences, prompt_lens)
+        return self.encode_prefix(sequences[0][:n]) if n >= min_len else None
+
+    @torch.no_grad()
+    def encode_prefix(self, ids: list[int]) -> PrefixKV | None:
+        """Encode the shared prefix once; later `states` calls on views that start with it skip it."""
+        if len(ids) < 1:
+            self.prefix = None
+            return None
+        device = next(self.model.parameters()).device
+        x = torch.tensor([ids], device=device)
+        with self._weights():
+            out = base_model(self.model).get_decoder()(input_ids=x, use_cache=True)
+        cache = out.past_key_values
+        layers = [(layer.keys, layer.values) for layer in cache.layers] if hasattr(cache, "layers") else list(cache)
+        self.prefix = PrefixKV(list(ids), layers)
+        return self.prefix
+
+    @torch.no_grad()
+    def states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_layers: bool = False):
+        """Teacher hidden states for full views; with an encoded prefix, the columns it covers are not recomputed.
+
+        Returns (final B × L' × H, layers or None, offset): row positions of the full view are at `pos - offset`."""
+        prefix = self.prefix
+        with self._weights():
+            if prefix is None:
+                final, layers = decoder_states(self.model, input_ids, attention_mask, all_layers)
+                return final, layers, 0
+            p = len(prefix)
+            expected = torch.tensor(prefix.ids, device=input_ids.device)
+            if input_ids.shape[1] <= p or not bool((input_ids[:, :p] == expected).all()):
+                raise CtxDistillError("Internal error: a teacher view does not start with the encoded prefix.")
+            final, layers = decoder_states(self.model, input_ids[:, p:], attention_mask[:, p:], all_layers, prefix)
+            return final, layers, p
+
     @torch.no_grad()
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        with self._weights():
-            return final_hidden(self.model, input_ids, attention_mask)
+        final, _, offset = self.states(input_ids, attention_mask)
+        if offset:
+            pad = final.new_zeros(final.shape[0], offset, final.shape[2])
+            final = torch.cat([pad, final], 1)
+        return final
 
     @property
     def head(self) -> torch.nn.Module:

@@ -107,7 +107,9 @@ def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate: Callable, s: TrainSettings,
-          checkpoint_path: Path, resume: bool = False, fingerprint: str = "") -> TrainResult:
+          checkpoint_path: Path, resume: bool = False, fingerprint: str = "",
+          tokens_of: Callable | None = None) -> TrainResult:
+    """Optimize `loss_module` on `examples`; `tokens_of(example)` counts its loss rows (default: its completion)."""
     if not examples:
         raise CtxDistillError("No training examples: nothing to learn from. Check the prompts and the samples.")
     micro = _micro_batches(accelerator, s)
@@ -148,13 +150,14 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
         accelerator.wait_for_everyone()
 
     world, rank = accelerator.num_processes, accelerator.process_index
+    count = tokens_of or getattr(loss_module, "tokens_in", None) or (lambda ex: ex.completion_len)
     bar = tqdm(total=total, initial=start_step, desc="training", unit="step", dynamic_ncols=True,
                disable=not accelerator.is_local_main_process)
     model.train()
     t0, tokens_seen, stopped, step = time.time(), 0, False, start_step
     for step in range(start_step, total):
         ids = step_examples(step, len(examples), s.batch_size, s.seed)
-        step_tokens = sum(examples[i].completion_len for i in ids)
+        step_tokens = max(1, sum(count(examples[i]) for i in ids))
         batches = [ids[j:j + micro] for j in range(0, len(ids), micro)][rank::world]
         loss_sum = torch.zeros((), device=accelerator.device)
         for j, batch_ids in enumerate(batches):

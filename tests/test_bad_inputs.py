@@ -252,7 +252,8 @@ def test_wrong_type_for_config_key(item, key, typ):
     assert repr(parse_set([item])[key]) in msg  # shows the bad value
 
 
-@pytest.mark.parametrize("item,key", [("objective=foo", "objective"), ("finetune=qlora", "finetune"),
+@pytest.mark.parametrize("item,key", [("finetune=qlora", "finetune"), ("top_k_support=both", "top_k_support"),
+                                      ("top_k_tail=drop", "top_k_tail"),
                                       ("context_kind=footer", "context_kind"), ("schedule=step", "schedule")])
 def test_invalid_choice(item, key):
     with pytest.raises(CtxDistillError) as e:
@@ -262,10 +263,30 @@ def test_invalid_choice(item, key):
     assert f"{key}={bad!r} is not valid" in msg and "use one of" in msg
 
 
-def test_invalid_objective_lists_the_valid_ones():
+@pytest.mark.parametrize("value", ["foo", "forward_kl+foo", "{forward_kl: 1, foo: 2}"])
+def test_invalid_objective_lists_the_valid_ones(value):
     with pytest.raises(CtxDistillError) as e:
-        load_config(sets=["objective=foo"])
-    assert "forward_kl" in str(e.value) and "sft" in str(e.value)
+        load_config(sets=[f"objective={value}"])
+    assert "'foo'" in str(e.value) and "forward_kl" in str(e.value) and "reverse_kl" in str(e.value)
+
+
+@pytest.mark.parametrize("sets,needle", [(["objective={forward_kl: -1}"], ">= 0"),
+                                         (["objective={forward_kl: abc}"], "numbers"),
+                                         (["jsd_beta=2"], "jsd_beta"), (["hidden_layers=first"], "hidden_layers"),
+                                         (["hidden_layers=[1, x]"], "integers"), (["skip_first=-1"], "skip_first"),
+                                         (["teacher_cache=true"], "top_k > 0"),
+                                         (["teacher_cache=true", "top_k=8", "objective=sampled_kl"], "live teacher")])
+def test_invalid_objective_settings_are_refused(sets, needle):
+    with pytest.raises(CtxDistillError, match=needle):
+        load_config(sets=sets)
+
+
+def test_objective_forms_give_weighted_terms():
+    assert load_config(sets=["objective=forward_kl+sft"]).build_objective().terms == {"forward_kl": 1.0, "sft": 1.0}
+    obj = load_config(sets=["objective={reverse_kl: 1.0, sft: 0.1}", "top_k=16", "top_k_support=student",
+                            "hidden_weight=0.5", "hidden_layers=[0, -1]"]).build_objective()
+    assert obj.terms == {"reverse_kl": 1.0, "sft": 0.1} and obj.top_k == 16 and obj.support == "student"
+    assert obj.hidden_weight == 0.5 and obj.hidden_layers == (0, -1)
 
 
 @pytest.mark.parametrize("item,key,bound", [("batch_size=0", "batch_size", "> 0"), ("lr=-0.1", "lr", ">= 0"),

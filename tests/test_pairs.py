@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ctxdistill import CtxDistillError
-from ctxdistill.losses import collate_pairs, completion_rows
+from ctxdistill.losses import collate_pairs
+from ctxdistill.pairs import completion_rows
 from ctxdistill.pairs import (Context, assistant_header, build_pair, completion_logit_positions, render_prompt,
                               with_context)
 

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from conftest import run_cli
 from ctxdistill.losses import DistillLoss, collate_pairs
+from ctxdistill.objectives import Objective
 from ctxdistill.models import add_lora
 from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
 from ctxdistill.teacher import Teacher
@@ -30,6 +31,8 @@ def make_pairs(tokenizer, n=8):
 
 def run_training(tokenizer, tiny_model, tmp_path, settings, resume=False, objective="forward_kl"):
     student = add_lora(tiny_model, r=4, alpha=8)
+    if isinstance(objective, str):
+        objective = Objective({objective: 1.0})
     loss = DistillLoss(student, Teacher(student, frozen_copy=False), objective)
     result = train(Accelerator(cpu=True), loss, make_pairs(tokenizer),
                    lambda b: collate_pairs(b, tokenizer.pad_token_id), settings,
@@ -43,7 +46,10 @@ def test_step_examples_cover_each_epoch_once_and_depend_only_on_seed_and_step():
     assert step_examples(5, 8, 2, seed=3) == step_examples(5, 8, 2, seed=3) != step_examples(5, 8, 2, seed=4)
 
 
-@pytest.mark.parametrize("objective", ["forward_kl", "sft"])
+@pytest.mark.parametrize("objective", ["forward_kl", "sft", "reverse_kl",
+                                       Objective({"jsd": 1.0}, top_k=32, support="union", tail="bucket"),
+                                       Objective({"forward_kl": 1.0}, hidden_weight=1.0)],
+                         ids=["forward_kl", "sft", "reverse_kl", "jsd-union-top32", "dcd-hidden"])
 def test_lora_training_lowers_the_loss(tokenizer, tiny_model, tmp_path, objective):
     settings = TrainSettings(lr=1e-2, batch_size=4, micro_batch_size=2, max_steps=30, warmup_ratio=0.0)
     result, _ = run_training(tokenizer, tiny_model, tmp_path, settings, objective=objective)

@@ -28,7 +28,8 @@ from ctxdistill.losses import DistillLoss, collate_pairs
 from ctxdistill.models import add_lora, bf16_supported, default_device, load_model
 from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
 from ctxdistill.queries import synthesize_queries
-from ctxdistill.teacher import Teacher
+from ctxdistill.teacher import Teacher, load_teacher_model
+from ctxdistill.topk_cache import TopKCache, build_topk_cache
 from ctxdistill.training import TrainSettings, train
 
 BUNDLED_RETENTION = Path(__file__).resolve().parent.parent / "data" / "retention.json"
@@ -41,7 +42,7 @@ def prepare_out_dir(out: Path, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-DATA_KEYS = ("model", "context_kind", "num_queries", "query_temperature", "samples_per_query", "sample_temperature",
+DATA_KEYS = ("model", "teacher", "context_kind", "num_queries", "query_temperature", "samples_per_query", "sample_temperature",
              "max_new_tokens", "seed")
 
 
@@ -62,6 +63,28 @@ def main_process_writes(accelerator, path: Path, make_rows) -> list:
         write_jsonl(path, make_rows())
     accelerator.wait_for_everyone()
     return read_jsonl(path, str(path))
+
+
+def make_teacher(cfg: DistillConfig, objective, student, other, pairs, pad_id: int, out: Path, accelerator):
+    """The live teacher (context prefix encoded once), or its top-k cache on disk, or None for pure SFT."""
+    if not objective.needs_teacher:
+        return None
+    # The cache is written before any update, so the student's own weights are the initial ones: no copy needed.
+    live = Teacher(student, frozen_copy=cfg.finetune == "full" and not cfg.teacher_cache, other=other)
+    if cfg.prefix_cache:
+        live.encode_shared_prefix([p.teacher_ids for p in pairs], [p.teacher_prompt_len for p in pairs])
+    if not cfg.teacher_cache:
+        return live
+    path = out / "data" / "teacher_topk"
+    fingerprint = hashlib.sha256(json.dumps([cfg.model, cfg.teacher, cfg.top_k, cfg.temperature,
+                                             [p.teacher_ids for p in pairs]]).encode()).hexdigest()
+    if accelerator.is_main_process:
+        fresh = (path / "meta.json").exists() and TopKCache(path).fingerprint == fingerprint
+        if not fresh:
+            build_topk_cache(path, live, pairs, cfg.top_k, cfg.temperature, pad_id, cfg.micro_batch_size,
+                             cfg.chunk_size, fingerprint)
+    accelerator.wait_for_everyone()
+    return TopKCache(path)
 
 
 def run(cfg: DistillConfig, context_file: str, prompts_file: str | None, out_dir: str, resume: bool = False,
@@ -86,6 +109,10 @@ def run(cfg: DistillConfig, context_file: str, prompts_file: str | None, out_dir
     # Full fine-tuning keeps fp32 master weights (bf16 comes from autocast); LoRA freezes the base, so bf16 is sound.
     weights_dtype = "float32" if cfg.finetune == "full" and mixed == "bf16" else cfg.dtype
     model, tokenizer, base_path = load_model(cfg.model, weights_dtype, accelerator.device)
+    # Another teacher (same tokenizer, e.g. bigger) writes the samples and scores them; else the model itself does.
+    other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device) if cfg.teacher else None
+    sampler = other if other is not None else model
+    objective = cfg.build_objective()
     header = assistant_header(tokenizer)
     window = getattr(model.config, "max_position_embeddings", None)
     if window and len(render_prompt(tokenizer, "x", context)) + cfg.max_new_tokens > window:
@@ -112,7 +139,7 @@ def run(cfg: DistillConfig, context_file: str, prompts_file: str | None, out_dir
     # 2. Teacher samples: the model with the context, before any adapter exists.
     def make_samples():
         prompts = [render_prompt(tokenizer, q, context) for q in queries for _ in range(cfg.samples_per_query)]
-        outs = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+        outs = generate(sampler, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
                         temperature=cfg.sample_temperature, batch_size=cfg.gen_batch_size, seed=cfg.seed,
                         desc="teacher sampling")
         qs = [q for q in queries for _ in range(cfg.samples_per_query)]
@@ -133,8 +160,8 @@ def run(cfg: DistillConfig, context_file: str, prompts_file: str | None, out_dir
         student = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     else:
         student = model.requires_grad_(True)
-    teacher = Teacher(student, frozen_copy=cfg.finetune == "full") if cfg.objective != "sft" else None
-    loss_module = DistillLoss(student, teacher, cfg.objective, cfg.temperature, cfg.top_k, cfg.chunk_size)
+    teacher = make_teacher(cfg, objective, student, other, pairs, tokenizer.pad_token_id, out, accelerator)
+    loss_module = DistillLoss(student, teacher, objective, cfg.chunk_size, cfg.skip_first)
     settings = TrainSettings(lr=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
                              schedule=cfg.schedule, grad_clip=cfg.grad_clip, epochs=cfg.epochs,
                              max_steps=cfg.max_steps, batch_size=cfg.batch_size,
@@ -142,7 +169,8 @@ def run(cfg: DistillConfig, context_file: str, prompts_file: str | None, out_dir
                              checkpoint_every=cfg.checkpoint_every, deadline=deadline)
     budget_free = {k: v for k, v in cfg.to_dict().items() if k not in ("max_minutes", "checkpoint_every")}
     fingerprint = hashlib.sha256(json.dumps([budget_free, samples], sort_keys=True).encode()).hexdigest()
-    result = train(accelerator, loss_module, pairs, lambda b: collate_pairs(b, tokenizer.pad_token_id), settings,
+    result = train(accelerator, loss_module, pairs, lambda b: collate_pairs(b, tokenizer.pad_token_id, cfg.skip_first),
+                   settings,
                    out / "checkpoint" / "state.pt", resume=resume, fingerprint=fingerprint)
 
     # 5. Artifacts (main process only).

@@ -1,0 +1,231 @@
+"""Throughput and peak memory of TRL's `SDFTTrainer` (trl 1.16, `trl.experimental.sdft`) on CPU.
+
+The TRL side of the comparison: on-policy self-distillation with a privileged context (a document). Each optimizer
+step samples 8 completions of exactly 96 tokens, runs the teacher (base weights, LoRA adapter disabled) on
+document + question + completion and the student (LoRA r=16 on all linear layers) on question + completion, and
+backpropagates TRL's default SDFT loss (top-100 generalized JSD, alpha=0.5, on the student's top-k support).
+
+Needs `pip install "trl==1.16.*"` in the venv (it leaves torch/transformers/peft/accelerate as they are). Run it in a
+fresh process so that the peak RSS is TRL's alone:
+
+    python benchmarks/trl_sdft.py --steps 3 [--generate-from-teacher] [--json-out OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+# A fictional document of 129 tokens (SmolLM2 tokenizer) and 16 short questions about it.
+DOCUMENT = (
+    "Veldmarsh is an invented lakeside town. Rope-makers founded it "
+    "in 1783, and it has 4,210 residents. Its symbol is a copper heron on the roof of the old ferry house. Every "
+    "October the town holds the Lantern Regatta, when 300 paper boats float across Lake Merrow. The mayor is Ilse "
+    "Corvane, a former beekeeper elected in 2019. The local dish is smoked eel. The Grey Span "
+    "bridge has eleven arches and was rebuilt after a flood in 1911. Children attend Hollin School."
+)
+
+QUESTIONS = [
+    "When was Veldmarsh founded?",
+    "Who founded Veldmarsh?",
+    "How many people live in Veldmarsh?",
+    "What is the symbol of Veldmarsh?",
+    "Where does the copper heron stand?",
+    "What festival does Veldmarsh hold in October?",
+    "How many paper boats are floated during the regatta?",
+    "On which lake is Veldmarsh?",
+    "Who is the mayor of Veldmarsh?",
+    "What did the mayor do before she was elected?",
+    "What is the local dish of Veldmarsh?",
+    "What is the name of the bridge in Veldmarsh?",
+    "How many arches does the Grey Span have?",
+    "Why was the Grey Span rebuilt in 1911?",
+    "What school do children in Veldmarsh attend?",
+    "What is Veldmarsh known for?",
+]
+
+
+def run_trl(
+    model_path: str,
+    document: str,
+    prompts: list[str],
+    steps: int,
+    generate_from_teacher: bool,
+    out_dir: str,
+    *,
+    batch_size: int = 8,
+    num_generations: int = 1,
+    completion_tokens: int = 96,
+    force_full_length: bool = True,
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    learning_rate: float = 2e-3,
+    gradient_checkpointing: bool = False,
+    teacher_prompt_template: str = "{privileged_context}\n\n{prompt}",
+    seed: int = 0,
+) -> dict:
+    """Run `steps` optimizer steps of SDFTTrainer on CPU in fp32 and return its throughput and peak RSS.
+
+    One optimizer step = one generation batch of `batch_size` completions (`per_device_train_batch_size=batch_size`,
+    `gradient_accumulation_steps=1`, so `steps_per_generation=1` and `generation_batch_size=batch_size`): sample the
+    completions (`num_generations` per question, so `batch_size // num_generations` distinct questions), one teacher
+    forward without gradients, one student forward + backward, one AdamW step.
+
+    Returns seconds_per_step and tokens_per_s (completion tokens in the loss per second) averaged over the steps
+    after the first (warm-up) one, and peak_rss_mb of the whole process (ru_maxrss), plus a few details.
+    """
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl.experimental.sdft import SDFTConfig, SDFTTrainer
+
+    if steps < 2:
+        raise ValueError("steps must be >= 2: the first step is warm-up and is not timed")
+
+    class Probe(TrainerCallback):
+        """Times optimizer steps and counts the completion tokens that enter the loss."""
+
+        def __init__(self):
+            self.step_ends: list[float] = []
+            self.tokens: list[int] = []  # per generation batch (= per optimizer step here)
+            self.lengths: list[list[int]] = []
+            self.logs: list[dict] = []
+            self.t0 = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.step_ends.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                self.logs.append(dict(logs))
+
+        # SDFT-specific event, dispatched by SDFTTrainer to every callback that defines it.
+        def on_self_distillation_batch_prepared(self, completion_ids=None, teacher_attention_mask=None, **kwargs):
+            mask = teacher_attention_mask[:, -completion_ids.size(1):]
+            self.tokens.append(int(mask.sum()))
+            self.lengths.append(mask.sum(1).tolist())
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left", truncation_side="left")
+    dataset = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": q}], "privileged_context": document} for q in prompts]
+    )
+
+    generation_kwargs = {"min_new_tokens": completion_tokens} if force_full_length else None
+    config = SDFTConfig(
+        output_dir=out_dir,
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=1,
+        num_generations=num_generations,
+        max_completion_length=completion_tokens,
+        generation_kwargs=generation_kwargs,  # min_new_tokens: EOS is masked until 96 tokens, so every row is full
+        temperature=1.0,
+        generate_from_teacher=generate_from_teacher,
+        teacher_prompt_template=teacher_prompt_template,
+        teacher_model_kind="base",  # teacher = same weights with the LoRA adapter disabled
+        distillation_mode="topk_logits",  # TRL's SDFT default
+        distillation_topk=100,
+        distillation_alpha=0.5,
+        learning_rate=learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=1.0,
+        # TRL defaults bf16=True; on a CPU without use_cpu=True TrainingArguments then refuses to start, and with
+        # use_cpu=True it would run the forward under bf16 autocast. Plain fp32 here.
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        gradient_checkpointing=gradient_checkpointing,  # TRL defaults to True; off here (small model, speed)
+        model_init_kwargs={"dtype": torch.float32},
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        shuffle_dataset=True,
+        seed=seed,
+        dataloader_num_workers=0,
+    )
+    peft_config = LoraConfig(
+        r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    probe = Probe()
+    trainer = SDFTTrainer(
+        model=model_path,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[probe],
+    )
+    rss_after_init_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    trainer.train()
+
+    ends = probe.step_ends
+    if len(ends) != steps or len(probe.tokens) != steps:
+        raise RuntimeError(f"expected {steps} steps, saw {len(ends)} step ends and {len(probe.tokens)} batches")
+    timed = ends[-1] - ends[0]  # steps 2..N
+    timed_tokens = sum(probe.tokens[1:])
+    losses = [log["loss"] for log in probe.logs if "loss" in log]
+    return {
+        "seconds_per_step": timed / (steps - 1),
+        "tokens_per_s": timed_tokens / timed,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_after_init_mb": rss_after_init_mb,  # peak so far once the model, adapter and trainer exist
+        "first_step_s": ends[0] - probe.t0,
+        "step_seconds": [b - a for a, b in zip([probe.t0, *ends[:-1]], ends)],
+        "completion_tokens_per_step": probe.tokens,
+        "completion_lengths": probe.lengths,
+        "losses": losses,
+        "steps": steps,
+        "generate_from_teacher": generate_from_teacher,
+        "batch_size": batch_size,
+        "num_generations": num_generations,
+        "max_completion_length": completion_tokens,
+        "force_full_length": force_full_length,
+        "lora_r": lora_r,
+        "dtype": "float32",
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _default_model_path() -> str:
+    out = subprocess.run(["ctxdistill", "model-path", "default"], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--generate-from-teacher", action="store_true",
+                   help="sample completions from the document-conditioned prompt (TRL: generate_from_teacher=True)")
+    p.add_argument("--json-out", default="")
+    p.add_argument("--model", default="", help="model directory (default: `ctxdistill model-path default`)")
+    p.add_argument("--out-dir", default="", help="Trainer output_dir (default: a temporary directory)")
+    p.add_argument("--no-force-length", action="store_true", help="let completions stop at EOS before 96 tokens")
+    a = p.parse_args()
+
+    model_path = a.model or _default_model_path()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_trl(model_path, DOCUMENT, QUESTIONS, a.steps, a.generate_from_teacher, a.out_dir or tmp,
+                         force_full_length=not a.no_force_length)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if a.json_out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json_out)), exist_ok=True)
+        with open(a.json_out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
