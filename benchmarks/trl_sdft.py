@@ -97,7 +97,9 @@ def run_trl(
             self.tokens: list[int] = []  # per generation batch (= per optimizer step here)
             self.lengths: list[list[int]] = []
             self.logs: list[dict] = []
+            self.gen_seconds: list[float] = []  # sampling the completions (+ tokenizing prompts), per step
             self.t0 = None
+            self._gen_start = None
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.t0 = time.perf_counter()
@@ -109,8 +111,13 @@ def run_trl(
             if logs:
                 self.logs.append(dict(logs))
 
-        # SDFT-specific event, dispatched by SDFTTrainer to every callback that defines it.
+        # SDFT-specific events, dispatched by SDFTTrainer to every callback that defines them: the first fires just
+        # before `generate`, the second once the completions and the teacher inputs are built.
+        def on_generation_prompts_selected(self, **kwargs):
+            self._gen_start = time.perf_counter()
+
         def on_self_distillation_batch_prepared(self, completion_ids=None, teacher_attention_mask=None, **kwargs):
+            self.gen_seconds.append(time.perf_counter() - self._gen_start)
             mask = teacher_attention_mask[:, -completion_ids.size(1):]
             self.tokens.append(int(mask.sum()))
             self.lengths.append(mask.sum(1).tolist())
@@ -182,8 +189,10 @@ def run_trl(
         "tokens_per_s": timed_tokens / timed,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_after_init_mb": rss_after_init_mb,  # peak so far once the model, adapter and trainer exist
+        "generation_seconds_per_step": sum(probe.gen_seconds[1:]) / (steps - 1),  # part of seconds_per_step
         "first_step_s": ends[0] - probe.t0,
         "step_seconds": [b - a for a, b in zip([probe.t0, *ends[:-1]], ends)],
+        "generation_seconds": probe.gen_seconds,
         "completion_tokens_per_step": probe.tokens,
         "completion_lengths": probe.lengths,
         "losses": losses,

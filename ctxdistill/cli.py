@@ -14,7 +14,7 @@ def _cmd_distill(args) -> None:
 
     if args.recipe not in RECIPES:
         raise CtxDistillError(f"Unknown recipe '{args.recipe}'. Available: {', '.join(RECIPES)}.")
-    cfg = load_config(args.config, args.set, model=args.model, max_minutes=args.max_minutes)
+    cfg = load_config(args.config, args.set, model=args.model, teacher=args.teacher, max_minutes=args.max_minutes)
     from ctxdistill.recipes import offline
 
     summary = offline.run(cfg, args.context, args.prompts, args.out, resume=args.resume, eval_file=args.eval,
@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("distill", help="run a distillation recipe")
     d.add_argument("recipe", help="offline")
     d.add_argument("--model", default=None, help="HF id, local directory, .gguf file, or 'default'")
+    d.add_argument("--teacher", default=None,
+                   help="another model as the teacher (same tokenizer; e.g. a bigger one). Default: the model itself")
     d.add_argument("--context", required=True, help=".txt file, or .json with a \"context\" field")
     d.add_argument("--prompts", default=None, help=".jsonl of {\"prompt\"} or .txt, one per line; synthesized if absent")
     d.add_argument("--out", required=True, help="output directory")

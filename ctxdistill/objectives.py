@@ -291,9 +291,13 @@ def head_loss(student_h: torch.Tensor, student_head: torch.nn.Module, teacher, l
     n = student_h.shape[0]
     if obj.needs_teacher_logits and teacher is None:
         raise CtxDistillError("This objective compares with a teacher, but none was given.")
-    if isinstance(teacher, TeacherLogits) and teacher.hidden.shape != student_h.shape:
-        raise CtxDistillError(f"Teacher and student rows are misaligned: {tuple(teacher.hidden.shape)} vs "
-                              f"{tuple(student_h.shape)}.")
+    if isinstance(teacher, TeacherLogits):
+        if teacher.hidden.shape[0] != n:
+            raise CtxDistillError(f"Teacher and student rows are misaligned: {teacher.hidden.shape[0]} teacher rows "
+                                  f"vs {n} student rows.")
+        if teacher.head.weight.shape[0] != student_head.weight.shape[0]:
+            raise CtxDistillError(f"Teacher and student vocabularies differ in size ({teacher.head.weight.shape[0]} "
+                                  f"vs {student_head.weight.shape[0]}); they need the same tokenizer.")
     if isinstance(teacher, TeacherTopK):
         if teacher.ids.shape[0] != n:
             raise CtxDistillError(f"The top-k cache has {teacher.ids.shape[0]} rows for {n} completion rows.")

@@ -30,54 +30,77 @@ def pair_key(pair: Pair) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
+class TopKWriter:
+    """Streams rows into a temporary folder; `commit` renames it into place, so a killed run leaves no half cache."""
+
+    def __init__(self, path: Path, n_rows: int, k: int, vocab_size: int):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix="." + self.path.name + "."))
+        self.id_dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+        self.ids = np.lib.format.open_memmap(self.tmp / "ids.npy", mode="w+", dtype=self.id_dtype, shape=(n_rows, k))
+        self.logp = np.lib.format.open_memmap(self.tmp / "logp.npy", mode="w+", dtype=np.float32, shape=(n_rows, k))
+        self.k, self.vocab_size, self.row, self.index = k, vocab_size, 0, {}
+
+    def add(self, key: str, ids: np.ndarray, logp: np.ndarray) -> None:
+        n = ids.shape[0]
+        self.ids[self.row:self.row + n] = ids.astype(self.id_dtype)
+        self.logp[self.row:self.row + n] = logp.astype(np.float32)
+        self.index[key] = [self.row, n]
+        self.row += n
+
+    def commit(self, temperature: float, fingerprint: str) -> "TopKCache":
+        if self.row != self.ids.shape[0]:
+            raise CtxDistillError(f"Internal error: the cache got {self.row} of {self.ids.shape[0]} rows.")
+        self.ids.flush()
+        self.logp.flush()
+        del self.ids, self.logp
+        meta = {"k": self.k, "temperature": temperature, "vocab_size": self.vocab_size, "rows": self.row,
+                "fingerprint": fingerprint, "index": self.index}
+        (self.tmp / "meta.json").write_text(json.dumps(meta))
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self.tmp, self.path)
+        return TopKCache(self.path)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@torch.no_grad()
 def build_topk_cache(path: Path, teacher, pairs: list[Pair], k: int, temperature: float, pad_id: int,
                      batch_size: int = 8, chunk_size: int = 256, fingerprint: str = "") -> "TopKCache":
-    """Run the teacher once over `pairs` and write the cache atomically (a folder renamed into place)."""
-    path = Path(path)
+    """Run the teacher once over `pairs` and write its top-k at every completion position."""
     vocab = teacher.head.weight.shape[0]
     if not 0 < k <= vocab:
         raise CtxDistillError(f"The teacher cache needs 0 < top_k <= {vocab} (the vocabulary), got {k}.")
     unique = list({pair_key(p): p for p in pairs}.items())
-    n_rows = sum(p.completion_len for _, p in unique)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix="." + path.name + "."))
+    writer = TopKWriter(path, sum(p.completion_len for _, p in unique), k, vocab)
+    device = next(teacher.model.parameters()).device
     try:
-        id_dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.int32
-        ids_out = np.lib.format.open_memmap(tmp / "ids.npy", mode="w+", dtype=id_dtype, shape=(n_rows, k))
-        logp_out = np.lib.format.open_memmap(tmp / "logp.npy", mode="w+", dtype=np.float32, shape=(n_rows, k))
-        index, row = {}, 0
-        device = next(teacher.model.parameters()).device
         for start in tqdm(range(0, len(unique), batch_size), desc="teacher top-k cache", unit="batch",
                           dynamic_ncols=True):
-            group = [p for _, p in unique[start:start + batch_size]]
-            ids, mask = pad_right([p.teacher_ids for p in group], pad_id)
+            group = unique[start:start + batch_size]
+            ids, mask = pad_right([p.teacher_ids for _, p in group], pad_id)
             final, _, offset = teacher.states(ids.to(device), mask.to(device))
-            b_idx, pos = completion_rows([p.teacher_prompt_len for p in group], [p.completion_len for p in group])
+            b_idx, pos = completion_rows([p.teacher_prompt_len for _, p in group],
+                                         [p.completion_len for _, p in group])
             hidden = final[b_idx.to(device), (pos - offset).to(device)]
+            vals, top = [], []
             for c in range(0, hidden.shape[0], chunk_size):
-                with torch.no_grad():
-                    logp = torch.log_softmax(_project(hidden[c:c + chunk_size], teacher.head, torch.float32)
-                                             / temperature, -1)
-                    vals, top = logp.topk(k, -1)
-                n = vals.shape[0]
-                ids_out[row + c: row + c + n] = top.cpu().numpy().astype(id_dtype)
-                logp_out[row + c: row + c + n] = vals.cpu().numpy()
-            for key_pair, p in zip(unique[start:start + batch_size], group):
-                index[key_pair[0]] = [row, p.completion_len]
+                logits = _project(hidden[c:c + chunk_size], teacher.head, torch.float32)
+                v, t = torch.log_softmax(logits / temperature, -1).topk(k, -1)
+                vals.append(v.cpu())
+                top.append(t.cpu())
+            vals, top = torch.cat(vals).numpy(), torch.cat(top).numpy()
+            row = 0
+            for key, p in group:
+                writer.add(key, top[row:row + p.completion_len], vals[row:row + p.completion_len])
                 row += p.completion_len
-        ids_out.flush()
-        logp_out.flush()
-        del ids_out, logp_out
-        meta = {"k": k, "temperature": temperature, "vocab_size": vocab, "rows": n_rows,
-                "fingerprint": fingerprint, "index": index}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        writer.abort()
         raise
-    return TopKCache(path)
+    return writer.commit(temperature, fingerprint)
 
 
 class TopKCache:
