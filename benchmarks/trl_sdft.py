@@ -118,7 +118,7 @@ def run_trl(
 
         def on_self_distillation_batch_prepared(self, completion_ids=None, teacher_attention_mask=None, **kwargs):
             self.gen_seconds.append(time.perf_counter() - self._gen_start)
-            mask = teacher_attention_mask[:, -completion_ids.size(1):]
+            mask = teacher_attention_mask[:, -completion_ids.size(1) :]
             self.tokens.append(int(mask.sum()))
             self.lengths.append(mask.sum(1).tolist())
 
@@ -216,18 +216,29 @@ def _default_model_path() -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--generate-from-teacher", action="store_true",
-                   help="sample completions from the document-conditioned prompt (TRL: generate_from_teacher=True)")
+    p.add_argument(
+        "--generate-from-teacher",
+        action="store_true",
+        help="sample completions from the document-conditioned prompt (TRL: generate_from_teacher=True)",
+    )
     p.add_argument("--json-out", default="")
     p.add_argument("--model", default="", help="model directory (default: `ctxdistill model-path default`)")
     p.add_argument("--out-dir", default="", help="Trainer output_dir (default: a temporary directory)")
     p.add_argument("--no-force-length", action="store_true", help="let completions stop at EOS before 96 tokens")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="TRL's default; off unless given")
     a = p.parse_args()
 
     model_path = a.model or _default_model_path()
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_trl(model_path, DOCUMENT, QUESTIONS, a.steps, a.generate_from_teacher, a.out_dir or tmp,
-                         force_full_length=not a.no_force_length)
+        result = run_trl(
+            model_path,
+            DOCUMENT,
+            QUESTIONS,
+            a.steps,
+            a.generate_from_teacher,
+            a.out_dir or tmp,
+            force_full_length=not a.no_force_length,
+        )
     text = json.dumps(result, indent=2)
     print(text)
     if a.json_out:

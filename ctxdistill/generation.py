@@ -1,6 +1,15 @@
-"""Batched sampling with transformers `generate`, left-padded, in wide length-sorted batches."""
+"""Batched sampling with transformers `generate`, left-padded, in wide length-sorted batches.
+
+On CPU, one decode step of a small model is dominated by fixed costs, not by the matmuls: measured on the default
+model at batch 8, the SDPA kernel takes 0.6 ms per layer for a single query row, so decoding uses the eager attention
+(31 vs 43 ms per step) and switches back for training. A LoRA student samples through `MergedCopy`, a plain copy
+with the adapter folded in (LoRA layers cost another ~50% per decode step), synced after each update.
+"""
 
 from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
 
 import torch
 from tqdm.auto import tqdm
@@ -24,10 +33,55 @@ def _trim(ids: list[int], stops: set[int], pad_id: int) -> list[int]:
     return ids
 
 
+@contextmanager
+def decode_attention(model, batch: int, width: int):
+    """Eager attention while decoding on CPU (see the module note); the model's own choice everywhere else.
+
+    Eager attention materializes the prefill's batch × heads × width² scores, so long prompts keep SDPA."""
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    device = next(model.parameters()).device
+    heads = getattr(config, "num_attention_heads", 1)
+    small_prefill = batch * heads * width * width * 4 < 2**29
+    if device.type != "cpu" or current != "sdpa" or not small_prefill or not hasattr(model, "set_attn_implementation"):
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(current)
+
+
+class MergedCopy:
+    """A plain copy of a LoRA model with the adapter folded into the weights, for sampling without LoRA overhead.
+
+    Merging in place would round bf16 base weights on every merge/unmerge (and the base is the teacher), so the
+    copy is separate: one more set of weights, refreshed by `sync()` after the adapter changes."""
+
+    def __init__(self, peft_model):
+        self.source = peft_model
+        self.model = copy.deepcopy(peft_model).merge_and_unload().eval().requires_grad_(False)
+        targets = dict(self.model.named_modules())
+        self.pairs = []
+        for name, module in peft_model.named_modules():
+            if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
+                plain = name.removeprefix("base_model.model.")
+                self.pairs.append((module, targets[plain]))
+
+    @torch.no_grad()
+    def sync(self):
+        for lora_layer, target in self.pairs:
+            base = lora_layer.base_layer.weight
+            delta = sum(lora_layer.get_delta_weight(a) for a in lora_layer.active_adapters)
+            target.weight.copy_((base.float() + delta.float()).to(target.weight.dtype))
+        return self.model
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int = 128, temperature: float = 1.0,
              top_p: float = 1.0, batch_size: int = 64, desc: str = "generating", seed: int | None = None,
-             show_progress: bool = True) -> list[list[int]]:
+             show_progress: bool = True, min_new_tokens: int = 0) -> list[list[int]]:
     """Complete each prompt (token ids); temperature 0 is greedy. Returns completion ids, stop token included."""
     if seed is not None:
         torch.manual_seed(seed)
@@ -50,11 +104,13 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int 
                 input_ids[row, width - len(p):] = torch.tensor(p)
                 attention[row, width - len(p):] = 1
             sampling = temperature > 0
-            generated = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), max_new_tokens=max_new_tokens,
-                do_sample=sampling, temperature=temperature if sampling else None, top_p=top_p if sampling else None,
-                top_k=0 if sampling else None, eos_token_id=stops, pad_token_id=pad_id,
-            )
+            with decode_attention(model, len(idx), width + max_new_tokens):
+                generated = model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                    max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None, do_sample=sampling,
+                    temperature=temperature if sampling else None, top_p=top_p if sampling else None,
+                    top_k=0 if sampling else None, eos_token_id=stops, pad_token_id=pad_id,
+                )
             for row, i in enumerate(idx):
                 out[i] = _trim(generated[row, width:].tolist(), set(stops), pad_id)
             bar.update(len(idx))

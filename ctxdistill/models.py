@@ -172,3 +172,9 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, targets=
     except ValueError as e:
         raise CtxDistillError(f"Could not add LoRA with target modules {targets!r}: {e}. Use 'all-linear' or names "
                               "of the model's linear layers (e.g. [q_proj, v_proj]).") from e
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Keep only each decoder layer's input for the backward and recompute the rest: less memory, ~1/3 more compute."""
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -12,7 +12,7 @@ teacher forward: the teacher then only runs the query and the completion.
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -117,10 +117,18 @@ class Teacher:
     def model(self):
         return self.copy if self.copy is not None else self.student
 
+    @contextmanager
     def _weights(self):
-        if self.copy is None and hasattr(self.student, "disable_adapter"):
-            return self.student.disable_adapter()
-        return nullcontext()
+        """The teacher's weights in eval mode: no dropout, and no gradient checkpointing (which drops KV caches)."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            with self.student.disable_adapter() if self.copy is None and hasattr(self.student, "disable_adapter") \
+                    else nullcontext():
+                yield
+        finally:
+            model.train(was_training)
 
     def encode_shared_prefix(self, sequences: list[list[int]], prompt_lens: list[int],
                              min_len: int = 16) -> PrefixKV | None:

@@ -25,7 +25,7 @@ from ctxdistill.evaluation import evaluate, results_table
 from ctxdistill.generation import generate
 from ctxdistill.io import atomic_write_json, read_context, read_jsonl, read_prompts, read_qa, write_jsonl
 from ctxdistill.losses import DistillLoss, collate_pairs
-from ctxdistill.models import add_lora, bf16_supported, default_device, load_model
+from ctxdistill.models import add_lora, bf16_supported, default_device, enable_gradient_checkpointing, load_model
 from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
 from ctxdistill.queries import synthesize_queries
 from ctxdistill.teacher import Teacher, load_teacher_model
@@ -160,6 +160,8 @@ def run(cfg: DistillConfig, context_file: str, prompts_file: str | None, out_dir
         student = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
     else:
         student = model.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(student)
     teacher = make_teacher(cfg, objective, student, other, pairs, tokenizer.pad_token_id, out, accelerator)
     loss_module = DistillLoss(student, teacher, objective, cfg.chunk_size, cfg.skip_first)
     settings = TrainSettings(lr=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
