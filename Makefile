@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-trl clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss_memory.py
+	$(BIN)/python benchmarks/precision.py
+
+bench-trl: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[bench]"          # TRL, for the comparison only
+	$(BIN)/python benchmarks/vs_trl.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -52,7 +52,10 @@ def naive(name):
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.time()
 with torch.autocast("cpu", dtype=dt, enabled=dt == torch.bfloat16):
-    loss = head_loss(s_h, head, TeacherLogits(t_h, head), labels, OBJECTIVES[name]) if variant == "ours" else naive(name)
+    if variant == "ours":
+        loss = head_loss(s_h, head, TeacherLogits(t_h, head), labels, OBJECTIVES[name])
+    else:
+        loss = naive(name)
 loss.backward()
 seconds = time.time() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

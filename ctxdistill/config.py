@@ -28,7 +28,8 @@ class DistillConfig:
     lora_dropout: float = 0.0
     lora_targets: typing.Union[str, list] = "all-linear"
     gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, ~1/3 more compute
-    teacher: str = ""  # "": the base with the adapter off (LoRA) or a frozen copy (full); else another model, same tokenizer
+    # "": the base with the adapter off (LoRA) or a frozen copy (full); else another model with the same tokenizer
+    teacher: str = ""
     teacher_cache: bool = False  # score the samples once, keep the teacher's top-k on disk (needs top_k > 0)
     prefix_cache: bool = True  # encode the context once and reuse its KV cache in every teacher forward
     # objective: a term name, names joined by "+", or a mapping {term: weight}

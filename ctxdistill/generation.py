@@ -14,6 +14,8 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
+from ctxdistill.teacher import PrefixKV, base_model
+
 
 def stop_token_ids(model, tokenizer) -> list[int]:
     ids = model.generation_config.eos_token_id
@@ -81,13 +83,19 @@ class MergedCopy:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int = 128, temperature: float = 1.0,
              top_p: float = 1.0, batch_size: int = 64, desc: str = "generating", seed: int | None = None,
-             show_progress: bool = True, min_new_tokens: int = 0) -> list[list[int]]:
-    """Complete each prompt (token ids); temperature 0 is greedy. Returns completion ids, stop token included."""
+             show_progress: bool = True, min_new_tokens: int = 0, prefix: PrefixKV | None = None) -> list[list[int]]:
+    """Complete each prompt (token ids); temperature 0 is greedy. Returns completion ids, stop token included.
+
+    With `prefix` (the encoded KV cache of ids every prompt starts with, e.g. the context), each batch reuses it and
+    only the rest of each prompt is prefilled; the rest is left-padded after the prefix, masked out."""
     if seed is not None:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = stop_token_ids(model, tokenizer)
+    p_len = len(prefix) if prefix is not None else 0
+    if prefix is not None and not all(len(p) > p_len and p[:p_len] == prefix.ids for p in prompts):
+        prefix, p_len = None, 0  # some prompt does not start with it: plain prefill for all
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch: less padding
     out: list[list[int] | None] = [None] * len(prompts)
     was_training = model.training
@@ -96,23 +104,27 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int 
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            width = max(len(prompts[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(idx), width), dtype=torch.long)
+            width = max(len(prompts[i]) for i in idx) - p_len
+            input_ids = torch.full((len(idx), p_len + width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(idx), p_len + width), dtype=torch.long)
+            if p_len:
+                input_ids[:, :p_len] = torch.tensor(prefix.ids)
+                attention[:, :p_len] = 1
             for row, i in enumerate(idx):
-                p = prompts[i]
-                input_ids[row, width - len(p):] = torch.tensor(p)
-                attention[row, width - len(p):] = 1
+                rest = prompts[i][p_len:]
+                input_ids[row, p_len + width - len(rest):] = torch.tensor(rest)
+                attention[row, p_len + width - len(rest):] = 1
+            extra = {"past_key_values": prefix.expand(len(idx), base_model(model).config)} if p_len else {}
             sampling = temperature > 0
-            with decode_attention(model, len(idx), width + max_new_tokens):
+            with decode_attention(model, len(idx), p_len + width + max_new_tokens):
                 generated = model.generate(
                     input_ids=input_ids.to(device), attention_mask=attention.to(device),
                     max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None, do_sample=sampling,
                     temperature=temperature if sampling else None, top_p=top_p if sampling else None,
-                    top_k=0 if sampling else None, eos_token_id=stops, pad_token_id=pad_id,
+                    top_k=0 if sampling else None, eos_token_id=stops, pad_token_id=pad_id, **extra,
                 )
             for row, i in enumerate(idx):
-                out[i] = _trim(generated[row, width:].tolist(), set(stops), pad_id)
+                out[i] = _trim(generated[row, p_len + width:].tolist(), set(stops), pad_id)
             bar.update(len(idx))
     finally:
         bar.close()

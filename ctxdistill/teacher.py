@@ -51,6 +51,16 @@ class PrefixKV:
                                             for k, v in self.layers], config=config)
 
 
+@torch.no_grad()
+def encode_prefix(model, ids: list[int]) -> PrefixKV:
+    """The KV cache of `ids` under `model`'s current weights, for views (or samples) that all start with them."""
+    device = next(model.parameters()).device
+    out = base_model(model).get_decoder()(input_ids=torch.tensor([list(ids)], device=device), use_cache=True)
+    cache = out.past_key_values
+    layers = [(layer.keys, layer.values) for layer in cache.layers] if hasattr(cache, "layers") else list(cache)
+    return PrefixKV(list(ids), layers)
+
+
 def decoder_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, all_layers: bool = False,
                    prefix: PrefixKV | None = None):
     """(final post-norm hidden states B × L × H, per-layer outputs or None), without computing any logits.
@@ -64,8 +74,8 @@ def decoder_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         b, length, p = input_ids.shape[0], input_ids.shape[1], len(prefix)
         ones = torch.ones((b, p), dtype=attention_mask.dtype, device=attention_mask.device)
         positions = torch.arange(p, p + length, device=input_ids.device)
-        kwargs.update(attention_mask=torch.cat([ones, attention_mask], 1), past_key_values=prefix.expand(b, decoder.config),
-                      position_ids=positions.expand(b, -1), cache_position=positions)
+        kwargs.update(attention_mask=torch.cat([ones, attention_mask], 1), position_ids=positions.expand(b, -1),
+                      past_key_values=prefix.expand(b, decoder.config), cache_position=positions)
     out = decoder(**kwargs)
     layers = list(out.hidden_states[1:]) if all_layers else None  # [0] is the embeddings
     return out.last_hidden_state, layers
@@ -136,19 +146,10 @@ class Teacher:
         n = shared_prefix_len(sequences, prompt_lens)
         return self.encode_prefix(sequences[0][:n]) if n >= min_len else None
 
-    @torch.no_grad()
     def encode_prefix(self, ids: list[int]) -> PrefixKV | None:
         """Encode the shared prefix once; later `states` calls on views that start with it skip it."""
-        if len(ids) < 1:
-            self.prefix = None
-            return None
-        device = next(self.model.parameters()).device
-        x = torch.tensor([ids], device=device)
         with self._weights():
-            out = base_model(self.model).get_decoder()(input_ids=x, use_cache=True)
-        cache = out.past_key_values
-        layers = [(layer.keys, layer.values) for layer in cache.layers] if hasattr(cache, "layers") else list(cache)
-        self.prefix = PrefixKV(list(ids), layers)
+            self.prefix = encode_prefix(self.model, ids) if ids else None
         return self.prefix
 
     @torch.no_grad()

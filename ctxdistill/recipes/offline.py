@@ -28,7 +28,7 @@ from ctxdistill.losses import DistillLoss, collate_pairs
 from ctxdistill.models import add_lora, bf16_supported, default_device, enable_gradient_checkpointing, load_model
 from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
 from ctxdistill.queries import synthesize_queries
-from ctxdistill.teacher import Teacher, load_teacher_model
+from ctxdistill.teacher import Teacher, encode_prefix, load_teacher_model, shared_prefix_len
 from ctxdistill.topk_cache import TopKCache, build_topk_cache
 from ctxdistill.training import TrainSettings, train
 
@@ -42,7 +42,8 @@ def prepare_out_dir(out: Path, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-DATA_KEYS = ("model", "teacher", "context_kind", "num_queries", "query_temperature", "samples_per_query", "sample_temperature",
+DATA_KEYS = ("model", "teacher", "context_kind", "num_queries", "query_temperature", "samples_per_query",
+             "sample_temperature",
              "max_new_tokens", "seed")
 
 
@@ -139,9 +140,11 @@ def run(cfg: DistillConfig, context_file: str, prompts_file: str | None, out_dir
     # 2. Teacher samples: the model with the context, before any adapter exists.
     def make_samples():
         prompts = [render_prompt(tokenizer, q, context) for q in queries for _ in range(cfg.samples_per_query)]
+        shared = shared_prefix_len(prompts, [len(p) for p in prompts]) if cfg.prefix_cache else 0
+        prefix = encode_prefix(sampler, prompts[0][:shared]) if shared >= 16 else None  # the context, encoded once
         outs = generate(sampler, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
                         temperature=cfg.sample_temperature, batch_size=cfg.gen_batch_size, seed=cfg.seed,
-                        desc="teacher sampling")
+                        desc="teacher sampling", prefix=prefix)
         qs = [q for q in queries for _ in range(cfg.samples_per_query)]
         return [{"query": q, "completion_ids": y, "text": tokenizer.decode(y, skip_special_tokens=True)}
                 for q, y in zip(qs, outs) if y]
