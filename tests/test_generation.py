@@ -28,6 +28,28 @@ def test_a_shared_prefix_cache_gives_the_same_greedy_samples(tokenizer, tiny_mod
     assert other[:1] == [y[:4] for y in plain[:1]]
 
 
+def test_the_lean_decoder_matches_transformers_generate_greedy(tokenizer, tiny_model):
+    ps = prompts(tokenizer, 3)
+    ours = generate(tiny_model, tokenizer, ps, max_new_tokens=10, temperature=0, show_progress=False)
+    width = max(len(p) for p in ps)
+    ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in ps])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps])
+    ref = tiny_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    assert [y[:10] for y in ours] == [r[width:width + len(y)].tolist() for r, y in zip(ref, ours)]
+
+
+def test_sampling_follows_the_distribution_and_top_p_cuts_the_tail():
+    from ctxdistill.generation import sample_next
+
+    torch.manual_seed(0)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(20000, 4)
+    counts = torch.bincount(sample_next(logits, 1.0), minlength=4) / 20000
+    torch.testing.assert_close(counts, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.015, rtol=0)
+    assert set(sample_next(logits, 1.0, top_p=0.7).tolist()) == {0, 1}
+    assert sample_next(logits, 0.0).unique().tolist() == [0]
+
+
 def test_min_new_tokens_forces_the_length(tokenizer, tiny_model):
     ys = generate(tiny_model, tokenizer, prompts(tokenizer, 2), max_new_tokens=12, min_new_tokens=12, temperature=1.0,
                   show_progress=False, seed=0)
