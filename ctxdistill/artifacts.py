@@ -60,8 +60,10 @@ def plot_run(out: Path, loss_history: list[float], evaluation: dict | None) -> s
     ax.set_xlabel("optimizer step"), ax.set_ylabel("loss"), ax.set_title("training loss")
     if evaluation:
         ax = axes[0][1]
-        names = ["base", "teacher", "student"]
-        ax.bar(names, [evaluation["accuracy"][k] / evaluation["n"] for k in names], color=["#999", "#4a7", "#37c"])
+        names = list(evaluation["accuracy"])
+        colors = {"base": "#999", "teacher": "#4a7", "initial": "#b6b", "student": "#37c"}
+        ax.bar(names, [evaluation["accuracy"][k] / evaluation["n"] for k in names],
+               color=[colors.get(k, "#777") for k in names])
         if "retention" in evaluation:
             r = evaluation["retention"]
             ax.bar(["retention\nbase", "retention\nstudent"], [r["accuracy"]["base"] / r["n"],

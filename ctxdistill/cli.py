@@ -14,11 +14,14 @@ def _cmd_distill(args) -> None:
 
     if args.recipe not in RECIPES:
         raise CtxDistillError(f"Unknown recipe '{args.recipe}'. Available: {', '.join(RECIPES)}.")
-    cfg = load_config(args.config, args.set, model=args.model, teacher=args.teacher, max_minutes=args.max_minutes)
+    cfg = load_config(args.config, args.set, model=args.model, teacher=args.teacher, max_minutes=args.max_minutes,
+                      mode=args.mode)
+    if not args.context and not args.examples:
+        raise CtxDistillError("Give at least one --context FILE, or --examples FILE.")
     from ctxdistill.recipes import offline
 
     summary = offline.run(cfg, args.context, args.prompts, args.out, resume=args.resume, eval_file=args.eval,
-                          retention_file=args.retention)
+                          retention_file=args.retention, examples_file=args.examples, init_adapter=args.init_adapter)
     if summary:
         print()
         print(summary["table"] or "(no eval questions: pass --eval FILE or put an \"eval\" list in the context JSON)")
@@ -34,14 +37,16 @@ def _load_with_adapter(model_name: str | None, adapter: str | None):
     if not adapter:
         model, tok, _ = load_model(model_name or "default")
         return model, tok
-    from peft import PeftConfig, PeftModel
+    from peft import PeftConfig
+
+    from ctxdistill.models import load_adapter
 
     if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
         raise CtxDistillError(f"{adapter} is not a PEFT adapter directory (no adapter_config.json). Pass OUT/adapter "
                               "of a distill run.")
     base = model_name or PeftConfig.from_pretrained(adapter).base_model_name_or_path
     model, tok, _ = load_model(base)
-    model = PeftModel.from_pretrained(model, adapter)
+    model = load_adapter(model, adapter)
     model.eval()
     return model, tok
 
@@ -104,7 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default=None, help="HF id, local directory, .gguf file, or 'default'")
     d.add_argument("--teacher", default=None,
                    help="another model as the teacher (same tokenizer; e.g. a bigger one). Default: the model itself")
-    d.add_argument("--context", required=True, help=".txt file, or .json with a \"context\" field")
+    d.add_argument("--context", action="append", default=[],
+                   help=".txt file, or .json with \"context\" (and optional \"prompts\", \"eval\"); repeat for several")
+    d.add_argument("--mode", default=None, choices=["sequential", "ensemble"],
+                   help="several contexts: one after another, or teachers averaged (default sequential)")
+    d.add_argument("--examples", default=None, help=".jsonl of {\"input\", \"output\"}: few-shot examples as the context")
+    d.add_argument("--init-adapter", default=None, help="start from this adapter (e.g. to overwrite what it holds)")
     d.add_argument("--prompts", default=None, help=".jsonl of {\"prompt\"} or .txt, one per line; synthesized if absent")
     d.add_argument("--out", required=True, help="output directory")
     d.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget for generation + training")

@@ -21,6 +21,12 @@ class DistillConfig:
     dtype: str = "auto"  # auto: bf16 where the hardware has it, else fp32
     device: str = ""  # "" picks cuda when present, else cpu
     context_kind: str = "system"  # system | prefix | document
+    mode: str = "sequential"  # several contexts: sequential (one after another) | ensemble (averaged teachers)
+    num_examples: int = 4  # --examples: examples shown to the teacher per query (a fresh subset each time)
+    example_sets: int = 1  # --examples: subsets per query whose teacher distributions are averaged
+    scratchpad: bool = False  # the teacher reasons before the answer delimiter; the student learns the answer only
+    answer_delimiter: str = "Answer:"
+    scratchpad_instruction: str = "Think step by step, then write 'Answer:' followed by the final answer."
     # what is trained
     finetune: str = "lora"  # lora | full
     lora_r: int = 16
@@ -99,12 +105,12 @@ class DistillConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> "DistillConfig":
-        choices = {"finetune": ("lora", "full"),
+        choices = {"finetune": ("lora", "full"), "mode": ("sequential", "ensemble"),
                    "context_kind": ("system", "prefix", "document"), "schedule": ("cosine", "linear", "constant")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise CtxDistillError(f"{key}={getattr(self, key)!r} is not valid; use one of {', '.join(allowed)}.")
-        positive = ["lora_r", "batch_size", "micro_batch_size", "samples_per_query", "max_new_tokens",
+        positive = ["num_examples", "example_sets", "lora_r", "batch_size", "micro_batch_size", "samples_per_query", "max_new_tokens",
                     "gen_batch_size", "chunk_size", "temperature", "eval_max_new_tokens"]
         for key in positive:
             if getattr(self, key) <= 0:
@@ -121,6 +127,8 @@ class DistillConfig:
 
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise CtxDistillError(f"dtype={self.dtype!r} is not valid; use auto or one of {', '.join(DTYPES)}.")
+        if self.scratchpad and not self.answer_delimiter.strip():
+            raise CtxDistillError("scratchpad needs a non-empty answer_delimiter.")
         objective = self.build_objective()  # refuses unknown terms, bad weights, supports and tails
         if self.teacher_cache and (not self.top_k or self.top_k_support != "teacher"):
             raise CtxDistillError("teacher_cache stores the teacher's top-k: set top_k > 0 and top_k_support=teacher.")

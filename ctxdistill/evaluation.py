@@ -9,7 +9,7 @@ import torch
 from ctxdistill.generation import generate
 from ctxdistill.losses import collate_pairs
 from ctxdistill.objectives import forward_kl
-from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
+from ctxdistill.pairs import assistant_header, build_pair, render_prompt
 from ctxdistill.teacher import final_hidden, output_head
 
 
@@ -24,8 +24,13 @@ def _adapter(model, enabled: bool):
     return nullcontext()
 
 
-def answer_ids(model, tokenizer, questions, context: Context | None, adapter: bool, max_new_tokens: int):
-    prompts = [render_prompt(tokenizer, q, context) for q in questions]
+def _per_question(contexts, n: int) -> list:
+    return list(contexts) if isinstance(contexts, (list, tuple)) else [contexts] * n
+
+
+def answer_ids(model, tokenizer, questions, context, adapter: bool, max_new_tokens: int):
+    """Greedy answers; `context` is one Context (or None) for all questions, or a list with one per question."""
+    prompts = [render_prompt(tokenizer, q, c) for q, c in zip(questions, _per_question(context, len(questions)))]
     with _adapter(model, adapter):
         return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
                         desc="answering", show_progress=False)
@@ -37,46 +42,58 @@ def answers(model, tokenizer, questions, context=None, adapter=True, max_new_tok
 
 
 @torch.no_grad()
-def mean_kl_to_teacher(model, tokenizer, context: Context, questions, completions,
-                       batch_size: int = 16) -> dict[str, float]:
+def mean_kl_to_teacher(model, tokenizer, context, questions, completions, batch_size: int = 16,
+                       teacher_model=None, initial_model=None) -> dict[str, float]:
     """Mean per-token KL(teacher with context ‖ model without it) on the given completion ids, for the base
-    (adapter off) and the student (adapter on); the teacher pass is shared by both."""
+    (adapter off), the student (adapter on) and, if given, the initial model; one shared teacher pass.
+    The teacher is `teacher_model` if given, else `model` with its adapter off."""
     header = assistant_header(tokenizer)
-    pairs = [build_pair(render_prompt(tokenizer, q, context), render_prompt(tokenizer, q), y, header)
-             for q, y in zip(questions, completions) if y]
+    pairs = [build_pair(render_prompt(tokenizer, q, c), render_prompt(tokenizer, q), y, header)
+             for q, c, y in zip(questions, _per_question(context, len(questions)), completions) if y]
     device = next(model.parameters()).device
-    head = output_head(model)
-    totals, tokens = {"base": 0.0, "student": 0.0}, 0
+    scored = {"base": (model, False), "student": (model, True)}
+    if initial_model is not None:
+        scored["initial"] = (initial_model, True)
+    totals, tokens = {name: 0.0 for name in scored}, 0
     for start in range(0, len(pairs), batch_size):
         batch = collate_pairs(pairs[start:start + batch_size], tokenizer.pad_token_id).to(device)
-        with _adapter(model, False):
-            t_h = final_hidden(model, batch.teacher_ids, batch.teacher_mask)[batch.teacher_rows]
-        for name, adapter in (("base", False), ("student", True)):
-            with _adapter(model, adapter):
-                s_h = final_hidden(model, batch.student_ids, batch.student_mask)[batch.student_rows]
-            totals[name] += float(forward_kl(s_h, head, t_h, head))
+        t_model = teacher_model if teacher_model is not None else model
+        with _adapter(t_model, teacher_model is not None):
+            t_h = final_hidden(t_model, batch.teacher_ids, batch.teacher_mask)[batch.teacher_rows]
+        for name, (m, adapter) in scored.items():
+            with _adapter(m, adapter):
+                s_h = final_hidden(m, batch.student_ids, batch.student_mask)[batch.student_rows]
+            totals[name] += float(forward_kl(s_h, output_head(m), t_h, output_head(t_model)))
         tokens += len(batch.labels)
     return {name: total / max(tokens, 1) for name, total in totals.items()}
 
 
-def evaluate(model, tokenizer, context: Context, qa: list[dict], retention: list[dict] | None = None,
-             max_new_tokens: int = 48) -> dict:
-    """`model` is a PEFT model: the base and teacher views switch its adapter off."""
+def evaluate(model, tokenizer, context, qa: list[dict], retention: list[dict] | None = None,
+             max_new_tokens: int = 48, teacher_model=None, initial_model=None) -> dict:
+    """`model` is a PEFT model: the base view switches its adapter off; so does the teacher view unless
+    `teacher_model` (a plain model, e.g. another teacher) is given. `context`: one Context or one per question.
+    `initial_model`: the model before this run (e.g. an --init-adapter), shown as its own row."""
     questions = [x["q"] for x in qa]
-    teacher_ids = answer_ids(model, tokenizer, questions, context, False, max_new_tokens)
-    rows = {
-        "base": answers(model, tokenizer, questions, None, False, max_new_tokens),
-        "teacher": [tokenizer.decode(c, skip_special_tokens=True).strip() for c in teacher_ids],
-        "student": answers(model, tokenizer, questions, None, True, max_new_tokens),
-    }
-    result = {"n": len(qa), "questions": questions, "answers": rows}
+    t_model = teacher_model if teacher_model is not None else model
+    teacher_ids = answer_ids(t_model, tokenizer, questions, context, teacher_model is not None, max_new_tokens)
+    rows = {"base": answers(model, tokenizer, questions, None, False, max_new_tokens),
+            "teacher": [tokenizer.decode(c, skip_special_tokens=True).strip() for c in teacher_ids]}
+    if initial_model is not None:
+        rows["initial"] = answers(initial_model, tokenizer, questions, None, True, max_new_tokens)
+    rows["student"] = answers(model, tokenizer, questions, None, True, max_new_tokens)
+    result = {"n": len(qa), "questions": questions, "answers": rows,
+              "teacher_label": "base + context" if teacher_model is None else
+              ("initial + context" if teacher_model is initial_model else "teacher model + context")}
     result["accuracy"] = {k: sum(contains_any(a, x["a"]) for a, x in zip(v, qa)) for k, v in rows.items()}
-    result["kl_to_teacher"] = {"teacher": 0.0, **mean_kl_to_teacher(model, tokenizer, context, questions,
-                                                                       teacher_ids)}
+    result["kl_to_teacher"] = {"teacher": 0.0, **mean_kl_to_teacher(model, tokenizer, context, questions, teacher_ids,
+                                                                       teacher_model=teacher_model,
+                                                                       initial_model=initial_model)}
     if retention:
         rq = [x["q"] for x in retention]
-        ret = {"base": answers(model, tokenizer, rq, None, False, max_new_tokens),
-               "student": answers(model, tokenizer, rq, None, True, max_new_tokens)}
+        ret = {"base": answers(model, tokenizer, rq, None, False, max_new_tokens)}
+        if initial_model is not None:
+            ret["initial"] = answers(initial_model, tokenizer, rq, None, True, max_new_tokens)
+        ret["student"] = answers(model, tokenizer, rq, None, True, max_new_tokens)
         result["retention"] = {
             "n": len(retention), "questions": rq, "answers": ret,
             "accuracy": {k: sum(contains_any(a, x["a"]) for a, x in zip(v, retention)) for k, v in ret.items()},
@@ -88,19 +105,21 @@ def results_table(result: dict) -> str:
     n, acc, kl = result["n"], result["accuracy"], result["kl_to_teacher"]
     lines = ["| model | context shown | accuracy | KL(teacher ‖ model) per token |", "|---|---|---|---|",
              f"| base | no | {acc['base']}/{n} | {kl['base']:.3f} |",
-             f"| teacher (base + context) | yes | {acc['teacher']}/{n} | 0 |",
-             f"| student (distilled) | no | {acc['student']}/{n} | {kl['student']:.3f} |"]
+             f"| teacher ({result.get('teacher_label', 'base + context')}) | yes | {acc['teacher']}/{n} | 0 |"]
+    if "initial" in acc:
+        lines.append(f"| initial (before this run) | no | {acc['initial']}/{n} | {kl['initial']:.3f} |")
+    lines.append(f"| student (distilled) | no | {acc['student']}/{n} | {kl['student']:.3f} |")
     if "retention" in result:
         r = result["retention"]
-        lines += ["", "| retention (general questions, no context) | accuracy |", "|---|---|",
-                  f"| base | {r['accuracy']['base']}/{r['n']} |", f"| student | {r['accuracy']['student']}/{r['n']} |"]
+        lines += ["", "| retention (general questions, no context) | accuracy |", "|---|---|"]
+        lines += [f"| {name} | {r['accuracy'][name]}/{r['n']} |" for name in r["accuracy"]]
     return "\n".join(lines)
 
 
 def answers_table(result: dict) -> str:
     clean = lambda s: s.replace("|", "\\|").replace("\n", " ")[:160]  # noqa: E731
-    lines = ["| question | base | teacher | student |", "|---|---|---|---|"]
+    names = list(result["answers"])
+    lines = ["| question | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for i, q in enumerate(result["questions"]):
-        a = result["answers"]
-        lines.append(f"| {clean(q)} | {clean(a['base'][i])} | {clean(a['teacher'][i])} | {clean(a['student'][i])} |")
+        lines.append(f"| {clean(q)} | " + " | ".join(clean(result["answers"][k][i]) for k in names) + " |")
     return "\n".join(lines)

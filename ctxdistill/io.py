@@ -123,10 +123,14 @@ def read_qa(path, flag: str = "--qa") -> list[dict]:
             data = [qa for d in data["docs"] if isinstance(d, dict) for qa in (d.get("qa") or [])]
         else:
             data = data.get("eval", data.get("qa"))
+    return read_qa_items(data, str(p))
+
+
+def read_qa_items(data, where: str = "the eval list") -> list[dict]:
     ok = isinstance(data, list) and data and all(
         isinstance(x, dict) and isinstance(x.get("q"), str) and isinstance(x.get("a"), list) and x["a"]
         and all(isinstance(a, str) for a in x["a"]) for x in data)
     if not ok:
-        raise CtxDistillError(f'{p} must be a non-empty JSON list of {{"q": question, "a": [accepted answers]}} '
+        raise CtxDistillError(f'{where} must be a non-empty JSON list of {{"q": question, "a": [accepted answers]}} '
                               '(or an object with such a list under "eval" or "qa").')
     return data

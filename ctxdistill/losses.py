@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ctxdistill import CtxDistillError
-from ctxdistill.objectives import Objective, TeacherLogits, head_loss, hidden_state_term
+from ctxdistill.objectives import Objective, TeacherLogits, TeacherMixture, head_loss, hidden_state_term
 from ctxdistill.pairs import Pair, completion_rows, pad_right
 from ctxdistill.teacher import Teacher, decoder_states, num_layers, output_head
 from ctxdistill.topk_cache import TopKCache
@@ -23,11 +23,14 @@ class PairBatch:
     teacher_rows: tuple[torch.Tensor, torch.Tensor]
     labels: torch.Tensor  # the completion ids of the rows, row-aligned
     pairs: list[Pair] | None = None  # kept for teachers that look rows up (the top-k cache)
+    more_teachers: list | None = None  # ensemble: further (ids, mask, rows) teacher views of the same rows
 
     def to(self, device) -> "PairBatch":
         def move(x):
             if isinstance(x, tuple):
-                return tuple(t.to(device) for t in x)
+                return tuple(move(t) for t in x)
+            if isinstance(x, list) and x and isinstance(x[0], tuple):
+                return [move(t) for t in x]
             return x.to(device) if isinstance(x, torch.Tensor) else x
 
         return PairBatch(**{k: move(v) for k, v in self.__dict__.items()})
@@ -38,9 +41,16 @@ def collate_pairs(pairs: list[Pair], pad_id: int, skip_first: int = 0) -> PairBa
     t_ids, t_mask = pad_right([p.teacher_ids for p in pairs], pad_id)
     n = [p.completion_len for p in pairs]
     labels = torch.tensor([t for p in pairs for t in p.completion[skip_first:]], dtype=torch.long)
+    n_views = {len(p.more_teachers) for p in pairs}
+    if len(n_views) != 1:
+        raise CtxDistillError("Internal error: pairs in one batch have different numbers of teacher views.")
+    more = []
+    for v in range(n_views.pop()):
+        ids, mask = pad_right([p.more_teachers[v][0] for p in pairs], pad_id)
+        more.append((ids, mask, completion_rows([p.more_teachers[v][1] for p in pairs], n, skip_first)))
     return PairBatch(s_ids, s_mask, completion_rows([p.student_prompt_len for p in pairs], n, skip_first),
                      t_ids, t_mask, completion_rows([p.teacher_prompt_len for p in pairs], n, skip_first), labels,
-                     list(pairs))
+                     list(pairs), more or None)
 
 
 def _pick_layers(layers: list[torch.Tensor], chosen: tuple[int, ...]) -> list[torch.Tensor]:
@@ -97,6 +107,14 @@ class DistillLoss(torch.nn.Module):
             t_final, t_layers, offset = self.teacher.states(batch.teacher_ids, batch.teacher_mask, with_layers)
             t_idx = (batch.teacher_rows[0], batch.teacher_rows[1] - offset)
             teacher_rows = TeacherLogits(t_final[t_idx], self.teacher.head)
+            if batch.more_teachers:  # an ensemble of contexts: average the views' distributions
+                if with_layers:
+                    raise CtxDistillError("The hidden-state term is not defined for an ensemble of teacher views.")
+                hiddens = [teacher_rows.hidden]
+                for ids, mask, rows in batch.more_teachers:
+                    final, _, off = self.teacher.states(ids, mask)
+                    hiddens.append(final[rows[0], rows[1] - off])
+                teacher_rows = TeacherMixture(hiddens, self.teacher.head)
         loss = head_loss(s_rows, output_head(self.student), teacher_rows if obj.needs_teacher_logits else None,
                          batch.labels, obj, self.chunk_size) if obj.terms else s_rows.sum() * 0.0
         if with_layers:

@@ -178,3 +178,15 @@ def enable_gradient_checkpointing(model) -> None:
     """Keep only each decoder layer's input for the backward and recompute the rest: less memory, ~1/3 more compute."""
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
     target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def load_adapter(model, path: str, trainable: bool = False):
+    """A saved PEFT adapter on `model` (e.g. to keep training it with --init-adapter)."""
+    import os
+
+    from peft import PeftModel
+
+    if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+        raise CtxDistillError(f"{path} is not a PEFT adapter directory (no adapter_config.json). Pass OUT/adapter "
+                              "of a distill run.")
+    return PeftModel.from_pretrained(model, path, is_trainable=trainable)

@@ -84,6 +84,17 @@ class TeacherLogits:
 
 
 @dataclass
+class TeacherMixture:
+    """Several teacher views of the same rows (other contexts): the target is the average of their distributions."""
+
+    hiddens: list[torch.Tensor]  # M × (N × H)
+    head: torch.nn.Module
+
+    def chunk(self, start: int, end: int):
+        return TeacherMixture([h[start:end] for h in self.hiddens], self.head)
+
+
+@dataclass
 class TeacherTopK:
     """Teacher rows from a top-k cache: ids and log-probs (at the objective's temperature) of its k likeliest tokens."""
 
@@ -194,6 +205,12 @@ def chunk_loss(obj: Objective, s_logits: torch.Tensor, teacher, labels: torch.Te
         with torch.no_grad():
             t_z = _project(teacher.hidden, teacher.head, s_logits.dtype, compute_dtype) / T
             t_full = torch.log_softmax(t_z, -1)
+    elif isinstance(teacher, TeacherMixture):
+        with torch.no_grad():  # log of the mean probability; as normalized log-probs it also serves as the "logits"
+            views = [torch.log_softmax(_project(h, teacher.head, s_logits.dtype, compute_dtype) / T, -1)
+                     for h in teacher.hiddens]
+            t_full = torch.logsumexp(torch.stack(views), 0) - math.log(len(views))
+            t_z = t_full
     per_row = torch.zeros(s_logits.shape[0], dtype=s_logits.dtype, device=s_logits.device)
     divergences = [n for n in obj.terms if n in DIVERGENCES]
     if divergences:
@@ -291,6 +308,9 @@ def head_loss(student_h: torch.Tensor, student_head: torch.nn.Module, teacher, l
     n = student_h.shape[0]
     if obj.needs_teacher_logits and teacher is None:
         raise CtxDistillError("This objective compares with a teacher, but none was given.")
+    if isinstance(teacher, TeacherMixture):
+        if any(h.shape[0] != n for h in teacher.hiddens):
+            raise CtxDistillError("Teacher views and student rows are misaligned.")
     if isinstance(teacher, TeacherLogits):
         if teacher.hidden.shape[0] != n:
             raise CtxDistillError(f"Teacher and student rows are misaligned: {teacher.hidden.shape[0]} teacher rows "

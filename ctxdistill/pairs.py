@@ -7,7 +7,7 @@ ids, and `completion_logit_positions` is the one place that knows which position
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence, Union
 
 import torch
@@ -107,18 +107,28 @@ def completion_logit_positions(prompt_len: int, completion_len: int, left_pad: i
 
 @dataclass
 class Pair:
-    """One (teacher view, student view) with the completion at the end of both."""
+    """One (teacher view, student view) with the completion at the end of both.
+
+    `more_teachers` are further teacher views (ids, prompt length) of the same completion under other contexts:
+    the teacher distribution is then the average over all views (an ensemble)."""
 
     teacher_ids: list[int]
     student_ids: list[int]
     teacher_prompt_len: int
     student_prompt_len: int
+    more_teachers: list[tuple[list[int], int]] = field(default_factory=list)
 
     def __post_init__(self):
-        if self.teacher_ids[self.teacher_prompt_len:] != self.student_ids[self.student_prompt_len:]:
-            raise CtxDistillError("Internal error: teacher and student completions differ (invariant broken).")
+        completion = self.student_ids[self.student_prompt_len:]
+        for ids, n in [(self.teacher_ids, self.teacher_prompt_len), *self.more_teachers]:
+            if ids[n:] != completion:
+                raise CtxDistillError("Internal error: teacher and student completions differ (invariant broken).")
         if self.completion_len < 1:
             raise CtxDistillError("A pair needs a non-empty completion.")
+
+    @property
+    def teacher_views(self) -> list[tuple[list[int], int]]:
+        return [(self.teacher_ids, self.teacher_prompt_len), *self.more_teachers]
 
     @property
     def completion(self) -> list[int]:
@@ -130,19 +140,25 @@ class Pair:
 
 
 def build_pair(teacher_prompt: Sequence[int], student_prompt: Sequence[int], completion: Sequence[int],
-               header: Sequence[int] | None = None, max_len: int | None = None) -> Pair:
-    """Append the same completion ids to both prompts; check both prompts end in the assistant header."""
+               header: Sequence[int] | None = None, max_len: int | None = None, thought: Sequence[int] = (),
+               more_teacher_prompts: Sequence[Sequence[int]] = ()) -> Pair:
+    """Append the same completion ids to both prompts; check both prompts end in the assistant header.
+
+    `thought`: the teacher's scratch-pad (its reasoning up to the answer delimiter), seen by the teacher only, between
+    its prompt and the completion. `more_teacher_prompts`: the same query under other contexts (an ensemble)."""
+    teacher_prompts = [list(teacher_prompt), *[list(p) for p in more_teacher_prompts]]
     if header is not None:
         n = len(header)
-        if list(teacher_prompt[-n:]) != list(header) or list(student_prompt[-n:]) != list(header):
+        if any(p[-n:] != list(header) for p in teacher_prompts) or list(student_prompt[-n:]) != list(header):
             raise CtxDistillError("Teacher and student prompts do not end in the same assistant header: they were "
                                   "rendered with different chat templates. Render both with one tokenizer.")
-    completion = list(completion)
-    pair = Pair(list(teacher_prompt) + completion, list(student_prompt) + completion,
-                len(teacher_prompt), len(student_prompt))
-    if max_len is not None and len(pair.teacher_ids) > max_len:
-        raise CtxDistillError(f"Context + query + completion is {len(pair.teacher_ids)} tokens, longer than the "
-                              f"model window ({max_len}). Shorten the context or lower max_new_tokens.")
+    completion, thought = list(completion), list(thought)
+    views = [(p + thought + completion, len(p) + len(thought)) for p in teacher_prompts]
+    pair = Pair(views[0][0], list(student_prompt) + completion, views[0][1], len(student_prompt), views[1:])
+    longest = max(len(ids) for ids, _ in views)
+    if max_len is not None and longest > max_len:
+        raise CtxDistillError(f"Context + query + completion is {longest} tokens, longer than the model window "
+                              f"({max_len}). Shorten the context or lower max_new_tokens.")
     return pair
 
 

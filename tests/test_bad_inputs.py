@@ -467,15 +467,16 @@ def test_context_longer_than_model_window(tokenizer):
     assert "Shorten the context" in msg and "max_new_tokens" in msg
 
 
-def test_context_longer_than_tiny_model_window_via_cli(tmp_path, capsys, tiny_model_dir, persona_files,
-                                                       fresh_accelerate):
+def test_no_room_for_a_context_in_the_window_via_cli(tmp_path, capsys, tiny_model_dir, persona_files,
+                                                     fresh_accelerate):
+    """A context longer than the window is split (see test_offline_features); a window too small for any is refused."""
     ctx = tmp_path / "long.txt"
     ctx.write_text("The lighthouse keeper counts the waves and writes them down. " * 150)  # > 1024 tokens
     out = tmp_path / "run"
     err = cli_error(capsys, ["distill", "offline", "--model", str(tiny_model_dir), "--context", str(ctx),
-                             "--prompts", str(persona_files["prompts"]), "--out", str(out)])
-    assert "does not fit the model window (1024 tokens)" in err
-    assert "Shorten the context or lower max_new_tokens" in err
+                             "--prompts", str(persona_files["prompts"]), "--out", str(out),
+                             "--set", "max_new_tokens=900"])
+    assert "model window (1024 tokens) leaves no room for a context" in err and "Lower max_new_tokens" in err
     assert not any(out.iterdir())  # nothing written: a corrected re-run needs no --resume
 
 

@@ -28,7 +28,7 @@ def test_run_writes_adapter_manifest_and_report(finished_run, persona_files):
     import hashlib
 
     ctx = json.loads(persona_files["context"].read_text())["context"]
-    assert manifest["context_sha256"] == hashlib.sha256(ctx.encode()).hexdigest()
+    assert manifest["context_sha256"] == [hashlib.sha256(ctx.encode()).hexdigest()]
     report = (out / "report.md").read_text()
     assert "| base | no |" in report and "| student (distilled) | no |" in report and "retention" in report
     assert (out / "report.png").exists()

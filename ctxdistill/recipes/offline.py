@@ -1,17 +1,21 @@
 """Offline context distillation (Snell, Klein, Zhong 2022, "Learning by Distilling Context").
 
-1. queries: from --prompts, or synthesized by the model shown the context;
-2. the teacher (the model *with* the context; for LoRA the same weights, adapter off) samples completions;
-3. pairs: teacher view = render(context, query) + y, student view = render(query) + y;
-4. the student (the model *without* the context, + LoRA) learns y: soft targets (forward KL to the teacher's
-   distribution on every completion token) by default, or hard SFT on the sampled ids;
-5. adapter, manifest and a before/after report.
+1. sources: each --context file (split into parts if it does not fit the window) and/or a pool of --examples;
+2. queries: from the source's own prompts, --prompts, or synthesized by the model shown the context;
+3. the teacher (the model *with* the context; for LoRA the same weights, adapter off; or --teacher, or the
+   --init-adapter model) samples completions, optionally reasoning on a scratch-pad before an answer delimiter;
+4. pairs: teacher view = render(context, query) [+ scratch-pad] + y, student view = render(query) + y; in ensemble
+   mode (and for the parts of a split context) the teacher views under every context are averaged;
+5. the student (the model *without* the context, + LoRA) learns y, one source after another (sequential) or all
+   at once (ensemble): soft targets (forward KL) by default, or any objective of ctxdistill.objectives;
+6. adapter, manifest and a before/after report.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 import time
 from pathlib import Path
 
@@ -22,12 +26,15 @@ from ctxdistill import CtxDistillError
 from ctxdistill.artifacts import save_adapter, sha256_text, write_manifest, write_report
 from ctxdistill.config import DistillConfig
 from ctxdistill.evaluation import evaluate, results_table
-from ctxdistill.generation import generate
-from ctxdistill.io import atomic_write_json, read_context, read_jsonl, read_prompts, read_qa, write_jsonl
+from ctxdistill.generation import MergedCopy, generate, stop_token_ids
+from ctxdistill.io import (atomic_write_json, read_context, read_jsonl, read_prompts, read_qa, read_qa_items,
+                           write_jsonl)
 from ctxdistill.losses import DistillLoss, collate_pairs
-from ctxdistill.models import add_lora, bf16_supported, default_device, enable_gradient_checkpointing, load_model
+from ctxdistill.models import (add_lora, bf16_supported, default_device, enable_gradient_checkpointing, load_adapter,
+                               load_model)
 from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
 from ctxdistill.queries import synthesize_queries
+from ctxdistill.sources import context_source, examples_source
 from ctxdistill.teacher import Teacher, encode_prefix, load_teacher_model, shared_prefix_len
 from ctxdistill.topk_cache import TopKCache, build_topk_cache
 from ctxdistill.training import TrainSettings, train
@@ -42,7 +49,8 @@ def prepare_out_dir(out: Path, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-DATA_KEYS = ("model", "teacher", "context_kind", "num_queries", "query_temperature", "samples_per_query",
+DATA_KEYS = ("model", "teacher", "context_kind", "mode", "num_examples", "example_sets", "scratchpad",
+             "answer_delimiter", "scratchpad_instruction", "num_queries", "query_temperature", "samples_per_query",
              "sample_temperature",
              "max_new_tokens", "seed")
 
@@ -66,17 +74,23 @@ def main_process_writes(accelerator, path: Path, make_rows) -> list:
     return read_jsonl(path, str(path))
 
 
-def make_teacher(cfg: DistillConfig, objective, student, other, pairs, pad_id: int, out: Path, accelerator):
+def make_teacher(cfg: DistillConfig, objective, student, other, pairs, pad_id: int, out: Path, accelerator,
+                 tag: str = ""):
     """The live teacher (context prefix encoded once), or its top-k cache on disk, or None for pure SFT."""
     if not objective.needs_teacher:
         return None
     # The cache is written before any update, so the student's own weights are the initial ones: no copy needed.
-    live = Teacher(student, frozen_copy=cfg.finetune == "full" and not cfg.teacher_cache, other=other)
+    live = Teacher(student, frozen_copy=cfg.finetune == "full" and not cfg.teacher_cache and other is None,
+                   other=other)
     if cfg.prefix_cache:
-        live.encode_shared_prefix([p.teacher_ids for p in pairs], [p.teacher_prompt_len for p in pairs])
+        views = [v for p in pairs for v in p.teacher_views]
+        live.encode_shared_prefix([ids for ids, _ in views], [n for _, n in views])
     if not cfg.teacher_cache:
         return live
-    path = out / "data" / "teacher_topk"
+    if any(p.more_teachers for p in pairs):
+        raise CtxDistillError("teacher_cache stores one teacher view per sample; an ensemble of contexts (mode="
+                              "ensemble, a split context or example_sets > 1) needs the live teacher.")
+    path = out / "data" / f"teacher_topk{tag}"
     fingerprint = hashlib.sha256(json.dumps([cfg.model, cfg.teacher, cfg.top_k, cfg.temperature,
                                              [p.teacher_ids for p in pairs]]).encode()).hexdigest()
     if accelerator.is_main_process:
@@ -88,15 +102,46 @@ def make_teacher(cfg: DistillConfig, objective, student, other, pairs, pad_id: i
     return TopKCache(path)
 
 
-def run(cfg: DistillConfig, context_file: str, prompts_file: str | None, out_dir: str, resume: bool = False,
-        eval_file: str | None = None, retention_file: str | None = None) -> dict:
+def split_scratchpad(tokenizer, ids: list[int], delimiter: str, stops: set[int]) -> tuple[list[int], list[int]] | None:
+    """(thought ids up to and including the delimiter, answer ids) of a scratch-pad sample; None without delimiter."""
+    text = tokenizer.decode([t for t in ids if t not in stops], skip_special_tokens=False)
+    cut = text.find(delimiter)
+    if cut < 0:
+        return None
+    thought = tokenizer(text[: cut + len(delimiter)], add_special_tokens=False)["input_ids"]
+    answer_text = text[cut + len(delimiter):]
+    if not answer_text.strip():
+        return None
+    answer = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
+    if ids and ids[-1] in stops:
+        answer = answer + [ids[-1]]  # the student still learns to end its turn
+    return thought, answer
+
+
+def teacher_query(query: str, cfg: DistillConfig) -> str:
+    return f"{query}\n\n{cfg.scratchpad_instruction}" if cfg.scratchpad else query
+
+
+def load_sources(cfg: DistillConfig, contexts: dict, examples, tokenizer, window: int | None) -> list:
+    reserve = cfg.max_new_tokens + 128  # room for a query and its completion after the context
+    sources = [context_source(Path(f).name, data, cfg.context_kind, tokenizer, window, reserve)
+               for f, data in contexts.items()]
+    if examples is not None:
+        sources.append(examples)
+    return sources
+
+
+def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str, resume: bool = False,
+        eval_file: str | None = None, retention_file: str | None = None, examples_file: str | None = None,
+        init_adapter: str | None = None) -> dict:
     t_start = time.time()
-    deadline = t_start + cfg.max_minutes * 60 if cfg.max_minutes else None
-    context_data = read_context(context_file)
-    context = Context(context_data["context"], cfg.context_kind)
+    context_files = [context_file] if isinstance(context_file, (str, Path)) else list(context_file or [])
+    # Read and check every input before anything is written or loaded.
+    contexts = {f: read_context(f) for f in context_files}
+    examples = examples_source(examples_file, cfg.num_examples, cfg.context_kind) if examples_file else None
+    if not contexts and examples is None:
+        raise CtxDistillError("Nothing to distill: give --context FILE (one or more) and/or --examples FILE.")
     given_prompts = read_prompts(prompts_file) if prompts_file else None
-    qa = read_qa(eval_file, "--eval") if eval_file else (read_qa(context_file, "--context") if "eval" in context_data
-                                                         else None)
     retention = read_qa(retention_file or BUNDLED_RETENTION, "--retention")
     out = Path(out_dir)
 
@@ -110,73 +155,132 @@ def run(cfg: DistillConfig, context_file: str, prompts_file: str | None, out_dir
     # Full fine-tuning keeps fp32 master weights (bf16 comes from autocast); LoRA freezes the base, so bf16 is sound.
     weights_dtype = "float32" if cfg.finetune == "full" and mixed == "bf16" else cfg.dtype
     model, tokenizer, base_path = load_model(cfg.model, weights_dtype, accelerator.device)
-    # Another teacher (same tokenizer, e.g. bigger) writes the samples and scores them; else the model itself does.
-    other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device) if cfg.teacher else None
-    sampler = other if other is not None else model
-    objective = cfg.build_objective()
     header = assistant_header(tokenizer)
     window = getattr(model.config, "max_position_embeddings", None)
-    if window and len(render_prompt(tokenizer, "x", context)) + cfg.max_new_tokens > window:
-        raise CtxDistillError(f"The context does not fit the model window ({window} tokens) with max_new_tokens="
-                              f"{cfg.max_new_tokens}. Shorten the context or lower max_new_tokens.")
+    sources = load_sources(cfg, contexts, examples, tokenizer, window)
+    objective = cfg.build_objective()
+
+    # The student, and who teaches: another model, the --init-adapter model, or the model itself (adapter off).
+    initial = None
+    if init_adapter:
+        if cfg.finetune != "lora":
+            raise CtxDistillError("--init-adapter continues a LoRA adapter; it needs finetune=lora.")
+        student = load_adapter(model, init_adapter, trainable=True)
+        initial = MergedCopy(student).model  # what the adapter knew before this run: the teacher's weights
+    elif cfg.finetune == "lora":
+        student = None  # LoRA is added after sampling, so the sampler is the plain model
+    else:
+        student = model.requires_grad_(True)
+    other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device) if cfg.teacher else initial
+    sampler = other if other is not None else model
+
+    qa, qa_contexts = gather_eval(sources, eval_file)
     if accelerator.is_main_process:
-        check_data_fingerprint(out, {"context_sha256": sha256_text(context.text), "prompts": given_prompts,
+        check_data_fingerprint(out, {"context_sha256": [sha256_text(s.text) for s in sources],
+                                     "prompts": given_prompts, "examples": examples_file, "init_adapter": init_adapter,
                                      **{k: getattr(cfg, k) for k in DATA_KEYS}})
 
-    # 1. Queries.
+    # 1. Queries, per source.
     t0 = time.time()
 
     def make_queries():
-        if given_prompts:
-            return [{"prompt": p} for p in given_prompts]
-        found = synthesize_queries(model, tokenizer, context.text, cfg.num_queries, temperature=cfg.query_temperature,
-                                   batch_size=cfg.gen_batch_size, seed=cfg.seed)
-        if not found:
-            raise CtxDistillError("Query synthesis produced no usable queries. Pass --prompts with example queries.")
-        return [{"prompt": q} for q in found]
+        rows = []
+        for i, source in enumerate(sources):
+            prompts = source.prompts or given_prompts
+            if not prompts:
+                prompts = synthesize_queries(sampler, tokenizer, source.text, cfg.num_queries,
+                                             temperature=cfg.query_temperature, batch_size=cfg.gen_batch_size,
+                                             seed=cfg.seed + i)
+                if not prompts:
+                    raise CtxDistillError(f"Query synthesis produced no usable queries for {source.name}. Pass "
+                                          "--prompts, or put a 'prompts' list in the context file.")
+            rows += [{"source": i, "prompt": q} for q in prompts]
+        return rows
 
-    queries = [r["prompt"] for r in main_process_writes(accelerator, out / "data" / "queries.jsonl", make_queries)]
+    queries = main_process_writes(accelerator, out / "data" / "queries.jsonl", make_queries)
 
-    # 2. Teacher samples: the model with the context, before any adapter exists.
+    # 2. Teacher samples: the sampling context is each query's first view; the rows keep every view's context text.
     def make_samples():
-        prompts = [render_prompt(tokenizer, q, context) for q in queries for _ in range(cfg.samples_per_query)]
+        rng = random.Random(cfg.seed)
+        jobs = []
+        for n, row in enumerate(queries):
+            for k in range(cfg.samples_per_query):
+                own = sources[row["source"]].views(rng, cfg.example_sets, n * cfg.samples_per_query + k)
+                if cfg.mode == "ensemble":
+                    others = [c for j, s in enumerate(sources) if j != row["source"]
+                              for c in s.views(rng, cfg.example_sets, n)]
+                    own = own + others
+                jobs.append((row, own))
+        prompts = [render_prompt(tokenizer, teacher_query(row["prompt"], cfg), views[0]) for row, views in jobs]
         shared = shared_prefix_len(prompts, [len(p) for p in prompts]) if cfg.prefix_cache else 0
         prefix = encode_prefix(sampler, prompts[0][:shared]) if shared >= 16 else None  # the context, encoded once
         outs = generate(sampler, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
                         temperature=cfg.sample_temperature, batch_size=cfg.gen_batch_size, seed=cfg.seed,
                         desc="teacher sampling", prefix=prefix)
-        qs = [q for q in queries for _ in range(cfg.samples_per_query)]
-        return [{"query": q, "completion_ids": y, "text": tokenizer.decode(y, skip_special_tokens=True)}
-                for q, y in zip(qs, outs) if y]
+        return [{"source": row["source"], "query": row["prompt"], "contexts": [c.text for c in views],
+                 "completion_ids": y, "text": tokenizer.decode(y, skip_special_tokens=True)}
+                for (row, views), y in zip(jobs, outs) if y]
 
     samples = main_process_writes(accelerator, out / "data" / "samples.jsonl", make_samples)
     generation_seconds = time.time() - t0
 
-    # 3. Pairs: the same completion ids after both prompts.
-    pairs = [build_pair(render_prompt(tokenizer, s["query"], context), render_prompt(tokenizer, s["query"]),
-                        s["completion_ids"], header, window) for s in samples]
+    # 3. Pairs: the same completion ids after both prompts (after the teacher's scratch-pad, if any).
+    stops = set(stop_token_ids(sampler, tokenizer))
+    pairs, sources_of, dropped = [], [], 0
+    for s in samples:
+        thought, answer = [], s["completion_ids"]
+        if cfg.scratchpad:
+            split = split_scratchpad(tokenizer, s["completion_ids"], cfg.answer_delimiter, stops)
+            if split is None:
+                dropped += 1
+                continue
+            thought, answer = split
+        t_prompts = [render_prompt(tokenizer, teacher_query(s["query"], cfg), Context(text, cfg.context_kind))
+                     for text in s["contexts"]]
+        pairs.append(build_pair(t_prompts[0], render_prompt(tokenizer, s["query"]), answer, header, window,
+                                thought=thought, more_teacher_prompts=t_prompts[1:]))
+        sources_of.append(s["source"])
+    if dropped:
+        accelerator.print(f"{dropped} of {len(samples)} scratch-pad samples had no '{cfg.answer_delimiter}' and "
+                          "were dropped.")
     if not pairs:
-        raise CtxDistillError("The teacher produced no usable completions; check the context and the prompts.")
+        raise CtxDistillError("The teacher produced no usable completions; check the context and the prompts"
+                              + (" (no sample contained the answer delimiter)." if cfg.scratchpad else "."))
 
-    # 4. Student and training.
-    if cfg.finetune == "lora":
+    # 4. Student and training: one stage per source (sequential) or one stage over all of them (ensemble).
+    if student is None:
         student = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-    else:
-        student = model.requires_grad_(True)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(student)
-    teacher = make_teacher(cfg, objective, student, other, pairs, tokenizer.pad_token_id, out, accelerator)
-    loss_module = DistillLoss(student, teacher, objective, cfg.chunk_size, cfg.skip_first)
-    settings = TrainSettings(lr=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-                             schedule=cfg.schedule, grad_clip=cfg.grad_clip, epochs=cfg.epochs,
-                             max_steps=cfg.max_steps, batch_size=cfg.batch_size,
-                             micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
-                             checkpoint_every=cfg.checkpoint_every, deadline=deadline)
+    if cfg.mode == "ensemble" or len(sources) == 1:
+        stages = [list(range(len(pairs)))]
+    else:
+        stages = [[i for i, src in enumerate(sources_of) if src == j] for j in range(len(sources))]
+        stages = [st for st in stages if st]
     budget_free = {k: v for k, v in cfg.to_dict().items() if k not in ("max_minutes", "checkpoint_every")}
-    fingerprint = hashlib.sha256(json.dumps([budget_free, samples], sort_keys=True).encode()).hexdigest()
-    result = train(accelerator, loss_module, pairs, lambda b: collate_pairs(b, tokenizer.pad_token_id, cfg.skip_first),
-                   settings,
-                   out / "checkpoint" / "state.pt", resume=resume, fingerprint=fingerprint)
+    results = []
+    for n, stage in enumerate(stages):
+        stage_pairs = [pairs[i] for i in stage]
+        deadline = None
+        if cfg.max_minutes:  # the time left is shared evenly by the stages still to run
+            deadline = time.time() + (t_start + cfg.max_minutes * 60 - time.time()) / (len(stages) - n)
+        tag = f"_stage{n}" if len(stages) > 1 else ""
+        teacher = make_teacher(cfg, objective, student, other, stage_pairs, tokenizer.pad_token_id, out,
+                               accelerator, tag)
+        loss_module = DistillLoss(student, teacher, objective, cfg.chunk_size, cfg.skip_first)
+        settings = TrainSettings(lr=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
+                                 schedule=cfg.schedule, grad_clip=cfg.grad_clip, epochs=cfg.epochs,
+                                 max_steps=cfg.max_steps, batch_size=cfg.batch_size,
+                                 micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
+                                 checkpoint_every=cfg.checkpoint_every, deadline=deadline)
+        fingerprint = hashlib.sha256(json.dumps([budget_free, n, [samples[i] for i in stage] if not cfg.scratchpad
+                                                 else stage, init_adapter]).encode()).hexdigest()
+        if len(stages) > 1:
+            accelerator.print(f"Stage {n + 1}/{len(stages)}: {sources[sources_of[stage[0]]].name}, "
+                              f"{len(stage_pairs)} samples.")
+        results.append(train(accelerator, loss_module, stage_pairs,
+                             lambda b: collate_pairs(b, tokenizer.pad_token_id, cfg.skip_first), settings,
+                             out / "checkpoint" / f"state{tag}.pt", resume=resume, fingerprint=fingerprint))
 
     # 5. Artifacts (main process only).
     summary = None
@@ -188,28 +292,63 @@ def run(cfg: DistillConfig, context_file: str, prompts_file: str | None, out_dir
             save_adapter(student, out / "model")
             tokenizer.save_pretrained(out / "model")
         t_eval = time.time()
-        evaluation = evaluate(student, tokenizer, context, qa, retention, cfg.eval_max_new_tokens) \
+        evaluation = evaluate(student, tokenizer, qa_contexts, qa, retention, cfg.eval_max_new_tokens,
+                              teacher_model=other, initial_model=initial) \
             if qa and cfg.finetune == "lora" else None
-        counts = {"queries": len(queries), "queries_synthesized": not given_prompts, "samples": len(samples),
-                  "pairs": len(pairs), "completion_tokens": sum(p.completion_len for p in pairs)}
-        metrics = {"train_steps": result.steps_done, "total_steps": result.total_steps,
-                   "stopped_by_budget": result.stopped_by_budget, "final_loss": result.final_loss,
-                   "train_seconds": round(result.seconds, 1), "train_tokens_per_second": round(result.tokens_per_second, 1),
+        history = [loss for r in results for loss in r.loss_history]
+        steps_done, total_steps = sum(r.steps_done for r in results), sum(r.total_steps for r in results)
+        train_seconds = sum(r.seconds for r in results)
+        tokens_per_second = sum(r.tokens_per_second * r.seconds for r in results) / max(train_seconds, 1e-9)
+        stopped = any(r.stopped_by_budget for r in results)
+        counts = {"sources": [{"name": s.name, "parts": len(s.parts), "examples": len(s.examples or [])}
+                              for s in sources],
+                  "mode": cfg.mode, "queries": len(queries), "queries_synthesized": not given_prompts,
+                  "samples": len(samples), "pairs": len(pairs), "scratchpad_dropped": dropped,
+                  "completion_tokens": sum(p.completion_len for p in pairs)}
+        metrics = {"train_steps": steps_done, "total_steps": total_steps, "stopped_by_budget": stopped,
+                   "final_loss": history[-1] if history else float("nan"), "train_seconds": round(train_seconds, 1),
+                   "train_tokens_per_second": round(tokens_per_second, 1),
                    "generation_seconds": round(generation_seconds, 1), "eval_seconds": round(time.time() - t_eval, 1),
-                   "total_seconds": round(time.time() - t_start, 1), "loss_history": result.loss_history}
+                   "total_seconds": round(time.time() - t_start, 1), "loss_history": history,
+                   "stage_steps": [r.steps_done for r in results]}
         if evaluation:
             metrics["evaluation"] = evaluation
         write_manifest(out, {"recipe": "offline", "base_model": cfg.model, "base_model_path": base_path,
-                             "context_sha256": sha256_text(context.text), "context_kind": context.kind,
-                             "config": cfg.to_dict(), "data": counts, "metrics": metrics})
-        lines = [f"- base model: `{cfg.model}`; context: {len(context.text)} characters ({context.kind})",
+                             "init_adapter": init_adapter, "context_sha256": [sha256_text(s.text) for s in sources],
+                             "context_kind": cfg.context_kind, "config": cfg.to_dict(), "data": counts,
+                             "metrics": metrics})
+        names = ", ".join(f"{s.name}" + (f" ({len(s.parts)} parts)" if len(s.parts) > 1 else "") for s in sources)
+        lines = [f"- base model: `{cfg.model}`" + (f"; initial adapter: `{init_adapter}`" if init_adapter else "")
+                 + (f"; teacher: `{cfg.teacher}`" if cfg.teacher else ""),
+                 f"- contexts ({cfg.context_kind}, mode {cfg.mode}): {names}",
                  f"- data: {counts['queries']} queries, {counts['pairs']} teacher samples, "
-                 f"{counts['completion_tokens']} completion tokens",
-                 f"- training: {result.steps_done}/{result.total_steps} steps, final loss {result.final_loss:.4f}, "
-                 f"{result.tokens_per_second:.0f} tokens/s" + (" (stopped by the time budget)" if result.stopped_by_budget else ""),
-                 f"- time: generation {generation_seconds:.0f}s, training {result.seconds:.0f}s, "
+                 f"{counts['completion_tokens']} completion tokens"
+                 + (f"; {dropped} scratch-pad samples without '{cfg.answer_delimiter}' dropped" if cfg.scratchpad
+                    else ""),
+                 f"- training: {steps_done}/{total_steps} steps in {len(results)} stage(s), final loss "
+                 f"{metrics['final_loss']:.4f}, {tokens_per_second:.0f} tokens/s"
+                 + (" (stopped by the time budget)" if stopped else ""),
+                 f"- time: generation {generation_seconds:.0f}s, training {train_seconds:.0f}s, "
                  f"total {time.time() - t_start:.0f}s"]
-        write_report(out, "offline context distillation", lines, evaluation, result.loss_history)
+        write_report(out, "offline context distillation", lines, evaluation, history)
         summary = {"evaluation": evaluation, "metrics": metrics, "table": results_table(evaluation) if evaluation else ""}
     accelerator.wait_for_everyone()
     return summary or {}
+
+
+def gather_eval(sources, eval_file: str | None):
+    """Eval questions with the context the teacher row is shown: each source's own 'eval' list with its context;
+    questions from --eval with every context joined (or the single one)."""
+    if eval_file:
+        qa = read_qa(eval_file, "--eval")
+        joined = Context("\n\n".join(s.eval_context().text for s in sources), sources[0].kind) \
+            if len(sources) > 1 else sources[0].eval_context()
+        return qa, [joined] * len(qa)
+    qa, contexts = [], []
+    for s in sources:
+        for item in s.qa or []:
+            qa.append(item)
+            contexts.append(s.eval_context())
+    if qa:
+        read_qa_items(qa)
+    return (qa or None), contexts

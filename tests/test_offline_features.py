@@ -1,0 +1,204 @@
+"""The offline recipe's fuller features, shown by the data that reaches the student (what it sees, what it learns):
+scratch-pads, few-shot examples, several contexts (sequential and ensemble), over-long contexts, --init-adapter."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from ctxdistill.config import load_config
+from ctxdistill.losses import DistillLoss, collate_pairs
+from ctxdistill.objectives import Objective, TeacherMixture, head_loss
+from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
+from ctxdistill.recipes import offline
+from ctxdistill.sources import Source, context_source, render_examples, split_to_fit
+from ctxdistill.teacher import Teacher
+
+SMALL = ["samples_per_query=1", "max_new_tokens=8", "eval_max_new_tokens=3", "max_steps=2", "batch_size=2",
+         "micro_batch_size=2"]
+
+
+def config(model_dir, *sets):
+    return load_config(sets=[*SMALL, *sets], model=str(model_dir))
+
+
+def read_rows(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def fake_generate(answers):
+    """A teacher that writes the given texts (in turn) and records the prompts it was shown."""
+    seen = []
+
+    def generate(model, tokenizer, prompts, **kw):
+        seen.extend(prompts)
+        return [tokenizer(answers[i % len(answers)], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                for i in range(len(prompts))]
+
+    generate.seen = seen
+    return generate
+
+
+def test_scratchpad_teacher_reasons_and_the_student_learns_only_the_answer(monkeypatch, tokenizer, tiny_model_dir,
+                                                                            persona_files, tmp_path):
+    gen = fake_generate(["The keeper lives by the sea, so Answer: Gullrock", "I am not sure at all."])
+    monkeypatch.setattr(offline, "generate", gen)
+    captured = []
+    real_train = offline.train
+    monkeypatch.setattr(offline, "train", lambda acc, loss, pairs, *a, **k: captured.extend(pairs)
+                        or real_train(acc, loss, pairs, *a, **k))
+    offline.run(config(tiny_model_dir, "scratchpad=true"), [str(persona_files["context"])],
+                str(persona_files["prompts"]), str(tmp_path / "run"))
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["data"]["scratchpad_dropped"] == 2 and manifest["data"]["pairs"] == 2  # 4 samples, 2 lack it
+    assert all("Think step by step" in tokenizer.decode(p) for p in gen.seen)  # the teacher is asked to reason
+    for pair in captured:
+        learned = tokenizer.decode(pair.completion)
+        assert learned.strip().startswith("Gullrock") and "keeper" not in learned  # no reasoning in the targets
+        student_sees = tokenizer.decode(pair.student_ids)
+        assert "Think step by step" not in student_sees and "Answer:" not in student_sees
+        teacher_sees = tokenizer.decode(pair.teacher_ids[:pair.teacher_prompt_len])
+        assert teacher_sees.endswith("so Answer:") and "lighthouse of Gullrock" in teacher_sees  # context + thought
+
+
+def test_few_shot_examples_are_a_fresh_subset_per_query_for_the_teacher_only(monkeypatch, tokenizer, tiny_model_dir,
+                                                                             persona_files, tmp_path):
+    examples = tmp_path / "ex.jsonl"
+    examples.write_text("\n".join(json.dumps({"input": f"word{i}", "output": f"WORD{i}"}) for i in range(10)))
+    gen = fake_generate(["SHOUT"])
+    monkeypatch.setattr(offline, "generate", gen)
+    offline.run(config(tiny_model_dir, "num_examples=3", "context_kind=prefix"), [], str(persona_files["prompts"]),
+                str(tmp_path / "run"), examples_file=str(examples))
+    samples = read_rows(tmp_path / "run" / "data" / "samples.jsonl")
+    shown = [tokenizer.decode(p) for p in gen.seen]
+    assert all(text.count("Input: ") == 3 for text in shown)  # k examples in front of each query
+    assert len({s["contexts"][0] for s in samples}) > 1  # a different subset per query
+    queries = [json.loads(x)["prompt"] for x in (tmp_path / "run" / "data" / "queries.jsonl").read_text().splitlines()]
+    assert {s["query"] for s in samples} == set(queries)
+
+
+def test_sequential_mode_trains_one_stage_per_context_and_ensemble_averages_them(tokenizer, tiny_model_dir, tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"context": "Your name is Pip.", "prompts": ["Who are you?", "Your name?"],
+                             "eval": [{"q": "What is your name?", "a": ["Pip"]}]}))
+    b.write_text(json.dumps({"context": "The lighthouse is on Gullrock.", "prompts": ["Where is the lighthouse?"],
+                             "eval": [{"q": "Where is the lighthouse?", "a": ["Gullrock"]}]}))
+    seq = tmp_path / "seq"
+    offline.run(config(tiny_model_dir), [str(a), str(b)], None, str(seq))
+    manifest = json.loads((seq / "manifest.json").read_text())
+    assert manifest["metrics"]["stage_steps"] == [2, 2] and manifest["data"]["mode"] == "sequential"
+    assert (seq / "checkpoint" / "state_stage0.pt").exists() and (seq / "checkpoint" / "state_stage1.pt").exists()
+    assert all(len(s["contexts"]) == 1 for s in read_rows(seq / "data" / "samples.jsonl"))
+    assert manifest["metrics"]["evaluation"]["n"] == 2  # each file's own eval questions
+
+    ens = tmp_path / "ens"
+    offline.run(config(tiny_model_dir, "mode=ensemble"), [str(a), str(b)], None, str(ens))
+    manifest = json.loads((ens / "manifest.json").read_text())
+    assert manifest["metrics"]["stage_steps"] == [2]
+    samples = read_rows(ens / "data" / "samples.jsonl")
+    # Every sample is scored under both contexts; the one it was sampled under comes first.
+    assert all(len(s["contexts"]) == 2 for s in samples)
+    assert [s["contexts"][0] for s in samples if s["source"] == 1] == ["The lighthouse is on Gullrock."]
+
+
+def test_an_ensemble_of_teacher_views_is_the_average_of_their_distributions(tokenizer, tiny_model):
+    header = assistant_header(tokenizer)
+    contexts = [Context("Your name is Pip."), Context("Your name is Quibble, and you are a fox.")]
+    prompts = [render_prompt(tokenizer, "Who are you?", c) for c in contexts]
+    y = tokenizer("I am Pip.", add_special_tokens=False)["input_ids"]
+    pair = build_pair(prompts[0], render_prompt(tokenizer, "Who are you?"), y, header, more_teacher_prompts=prompts[1:])
+    assert len(pair.teacher_views) == 2
+    batch = collate_pairs([pair], tokenizer.pad_token_id)
+    teacher = Teacher(tiny_model, frozen_copy=True)
+    ours = DistillLoss(tiny_model, teacher, Objective())(batch)[0]
+    # Naive: average the two teacher distributions over the full logits, then KL(mixture ‖ student).
+    with torch.no_grad():
+        probs = []
+        for ids, n in pair.teacher_views:
+            logits = tiny_model(input_ids=torch.tensor([ids])).logits[0, n - 1:n - 1 + len(y)]
+            probs.append(torch.softmax(logits.double(), -1))
+        mix = (probs[0] + probs[1]) / 2
+        s_logits = tiny_model(input_ids=torch.tensor([pair.student_ids])).logits[0, pair.student_prompt_len - 1:-1]
+        ref = (mix * (mix.log() - torch.log_softmax(s_logits.double(), -1))).sum()
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-4, atol=1e-4)
+    single = head_loss(torch.randn(3, 4), torch.nn.Linear(4, 7), TeacherMixture([torch.randn(3, 4)] * 2,
+                                                                                 torch.nn.Linear(4, 7)), None,
+                       Objective())
+    assert single.item() >= 0
+
+
+def test_a_context_longer_than_the_window_is_split_into_parts_that_fit(tokenizer):
+    text = "\n\n".join(f"Paragraph {i}: " + "The keeper polishes the lamp every evening. " * 8 for i in range(12))
+    with pytest.warns(UserWarning, match="split into"):
+        source = context_source("long.txt", {"context": text}, "system", tokenizer, window=512, reserve=160)
+    assert len(source.parts) > 1
+    for part in source.parts:
+        assert len(render_prompt(tokenizer, "x", part)) + 160 <= 512
+    # Nothing is lost: the parts hold every paragraph, in order.
+    assert [f"Paragraph {i}:" in "".join(p.text for p in source.parts) for i in range(12)] == [True] * 12
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        short = context_source("short.txt", {"context": "Your name is Pip."}, "system", tokenizer, 512, 160)
+    assert len(short.parts) == 1
+    assert split_to_fit("a b c", tokenizer, 100) == ["a b c"]
+    # Queries are spread over the parts, and every part is a teacher view of each sample.
+    views = source.views(None, 1, 1)
+    assert views[0] == source.parts[1] and len(views) == len(source.parts)
+
+
+def test_examples_render_as_input_output_pairs():
+    text = render_examples([{"input": "a", "output": "A"}, {"input": "b", "output": "B"}])
+    assert "Input: a\nOutput: A" in text and "Input: b\nOutput: B" in text
+    import random
+
+    s = Source("ex", examples=[{"input": str(i), "output": str(i)} for i in range(9)], num_examples=2)
+    views = s.views(random.Random(0), example_sets=3, index=0)
+    assert len(views) == 3 and all(v.text.count("Input:") == 2 for v in views)
+
+
+def test_init_adapter_continues_an_adapter_and_reports_before_and_after(tokenizer, tiny_model_dir, persona_files,
+                                                                        tmp_path):
+    first = tmp_path / "first"
+    offline.run(config(tiny_model_dir), [str(persona_files["context"])], str(persona_files["prompts"]), str(first))
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    second = tmp_path / "second"
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({"context": "Your name is Quibble.", "eval": [{"q": "What is your name?",
+                                                                            "a": ["Quibble"]}]}))
+    offline.run(config(tiny_model_dir), [str(new)], str(persona_files["prompts"]), str(second),
+                init_adapter=str(first / "adapter"))
+    manifest = json.loads((second / "manifest.json").read_text())
+    assert manifest["init_adapter"] == str(first / "adapter")
+    evaluation = manifest["metrics"]["evaluation"]
+    assert set(evaluation["answers"]) == {"base", "teacher", "initial", "student"}  # old vs new behaviour
+    report = (second / "report.md").read_text()
+    assert "| initial (before this run) | no |" in report and "| question | base | teacher | initial | student |" \
+        in report
+    # The new adapter started from the old one: it differs from a fresh adapter's zero B matrices.
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    old = PeftModel.from_pretrained(base, first / "adapter")
+    old_b = {n: p.clone() for n, p in old.named_parameters() if "lora_B" in n}
+    base2 = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    now = PeftModel.from_pretrained(base2, second / "adapter")
+    now_b = {n: p for n, p in now.named_parameters() if "lora_B" in n}
+    assert all(v.abs().sum() > 0 for v in old_b.values())
+    assert any(not torch.equal(old_b[n], now_b[n]) for n in old_b)
+
+
+def test_bad_inputs_for_the_new_options(tiny_model_dir, persona_files, tmp_path):
+    from ctxdistill import CtxDistillError
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": "a"}\n')
+    with pytest.raises(CtxDistillError, match="'input' and 'output'"):
+        offline.run(config(tiny_model_dir), [], None, str(tmp_path / "r1"), examples_file=str(bad))
+    with pytest.raises(CtxDistillError, match="not a PEFT adapter"):
+        offline.run(config(tiny_model_dir), [str(persona_files["context"])], str(persona_files["prompts"]),
+                    str(tmp_path / "r2"), init_adapter=str(tmp_path))
+    with pytest.raises(CtxDistillError, match="mode"):
+        load_config(sets=["mode=parallel"])
+    with pytest.raises(CtxDistillError, match="Nothing to distill"):
+        offline.run(config(tiny_model_dir), [], None, str(tmp_path / "r3"))
