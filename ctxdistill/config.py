@@ -22,6 +22,7 @@ class DistillConfig:
     device: str = ""  # "" picks cuda when present, else cpu
     context_kind: str = "system"  # system | prefix | document
     mode: str = "sequential"  # several contexts: sequential (one after another) | ensemble (averaged teachers)
+    replay: float = 1.0  # sequential: each later stage also replays this many × its size of earlier samples
     num_examples: int = 4  # --examples: examples shown to the teacher per query (a fresh subset each time)
     example_sets: int = 1  # --examples: subsets per query whose teacher distributions are averaged
     scratchpad: bool = False  # the teacher reasons before the answer delimiter; the student learns the answer only
@@ -115,7 +116,8 @@ class DistillConfig:
         for key in positive:
             if getattr(self, key) <= 0:
                 raise CtxDistillError(f"{key} must be > 0, got {getattr(self, key)}.")
-        for key in ["epochs", "max_minutes", "lr", "weight_decay", "top_k", "max_steps", "warmup_ratio", "skip_first"]:
+        for key in ["epochs", "max_minutes", "lr", "weight_decay", "top_k", "max_steps", "warmup_ratio", "skip_first",
+                    "replay"]:
             if getattr(self, key) < 0:
                 raise CtxDistillError(f"{key} must be >= 0, got {getattr(self, key)}.")
         if self.batch_size >= self.micro_batch_size and self.batch_size % self.micro_batch_size:

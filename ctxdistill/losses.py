@@ -24,6 +24,7 @@ class PairBatch:
     labels: torch.Tensor  # the completion ids of the rows, row-aligned
     pairs: list[Pair] | None = None  # kept for teachers that look rows up (the top-k cache)
     more_teachers: list | None = None  # ensemble: further (ids, mask, rows) teacher views of the same rows
+    view_weights: torch.Tensor | None = None  # rows × views: each row's weight of each view (sums to 1)
 
     def to(self, device) -> "PairBatch":
         def move(x):
@@ -41,16 +42,21 @@ def collate_pairs(pairs: list[Pair], pad_id: int, skip_first: int = 0) -> PairBa
     t_ids, t_mask = pad_right([p.teacher_ids for p in pairs], pad_id)
     n = [p.completion_len for p in pairs]
     labels = torch.tensor([t for p in pairs for t in p.completion[skip_first:]], dtype=torch.long)
-    n_views = {len(p.more_teachers) for p in pairs}
-    if len(n_views) != 1:
-        raise CtxDistillError("Internal error: pairs in one batch have different numbers of teacher views.")
+    # Pairs may have different numbers of teacher views: a short list is padded with its first view at weight 0.
+    n_views = max(len(p.teacher_views) for p in pairs)
     more = []
-    for v in range(n_views.pop()):
-        ids, mask = pad_right([p.more_teachers[v][0] for p in pairs], pad_id)
-        more.append((ids, mask, completion_rows([p.more_teachers[v][1] for p in pairs], n, skip_first)))
+    for v in range(1, n_views):
+        views = [p.teacher_views[v] if v < len(p.teacher_views) else p.teacher_views[0] for p in pairs]
+        ids, mask = pad_right([ids for ids, _ in views], pad_id)
+        more.append((ids, mask, completion_rows([n_prompt for _, n_prompt in views], n, skip_first)))
+    weights = None
+    if more:
+        per_pair = torch.tensor([[1.0 / len(p.teacher_views) if v < len(p.teacher_views) else 0.0
+                                  for v in range(n_views)] for p in pairs])
+        weights = per_pair.repeat_interleave(torch.tensor([max(0, c - skip_first) for c in n]), 0)
     return PairBatch(s_ids, s_mask, completion_rows([p.student_prompt_len for p in pairs], n, skip_first),
                      t_ids, t_mask, completion_rows([p.teacher_prompt_len for p in pairs], n, skip_first), labels,
-                     list(pairs), more or None)
+                     list(pairs), more or None, weights)
 
 
 def _pick_layers(layers: list[torch.Tensor], chosen: tuple[int, ...]) -> list[torch.Tensor]:
@@ -114,7 +120,7 @@ class DistillLoss(torch.nn.Module):
                 for ids, mask, rows in batch.more_teachers:
                     final, _, off = self.teacher.states(ids, mask)
                     hiddens.append(final[rows[0], rows[1] - off])
-                teacher_rows = TeacherMixture(hiddens, self.teacher.head)
+                teacher_rows = TeacherMixture(hiddens, self.teacher.head, batch.view_weights)
         loss = head_loss(s_rows, output_head(self.student), teacher_rows if obj.needs_teacher_logits else None,
                          batch.labels, obj, self.chunk_size) if obj.terms else s_rows.sum() * 0.0
         if with_layers:

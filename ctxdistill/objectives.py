@@ -89,9 +89,11 @@ class TeacherMixture:
 
     hiddens: list[torch.Tensor]  # M × (N × H)
     head: torch.nn.Module
+    weights: torch.Tensor | None = None  # N × M mixture weights per row (rows sum to 1); None = uniform
 
     def chunk(self, start: int, end: int):
-        return TeacherMixture([h[start:end] for h in self.hiddens], self.head)
+        w = None if self.weights is None else self.weights[start:end]
+        return TeacherMixture([h[start:end] for h in self.hiddens], self.head, w)
 
 
 @dataclass
@@ -207,9 +209,13 @@ def chunk_loss(obj: Objective, s_logits: torch.Tensor, teacher, labels: torch.Te
             t_full = torch.log_softmax(t_z, -1)
     elif isinstance(teacher, TeacherMixture):
         with torch.no_grad():  # log of the mean probability; as normalized log-probs it also serves as the "logits"
-            views = [torch.log_softmax(_project(h, teacher.head, s_logits.dtype, compute_dtype) / T, -1)
-                     for h in teacher.hiddens]
-            t_full = torch.logsumexp(torch.stack(views), 0) - math.log(len(views))
+            views = torch.stack([torch.log_softmax(_project(h, teacher.head, s_logits.dtype, compute_dtype) / T, -1)
+                                 for h in teacher.hiddens])
+            if teacher.weights is None:
+                t_full = torch.logsumexp(views, 0) - math.log(len(teacher.hiddens))
+            else:
+                log_w = teacher.weights.to(views.dtype).t().log()[:, :, None]  # M × c × 1; weight 0 → -inf
+                t_full = torch.logsumexp(views + log_w, 0)
             t_z = t_full
     per_row = torch.zeros(s_logits.shape[0], dtype=s_logits.dtype, device=s_logits.device)
     divergences = [n for n in obj.terms if n in DIVERGENCES]

@@ -102,6 +102,35 @@ def test_sequential_mode_trains_one_stage_per_context_and_ensemble_averages_them
     assert [s["contexts"][0] for s in samples if s["source"] == 1] == ["The lighthouse is on Gullrock."]
 
 
+def test_later_sequential_stages_replay_earlier_samples(monkeypatch, tiny_model_dir, tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"context": "Your name is Pip.", "prompts": ["Who are you?", "Your name?"]}))
+    b.write_text(json.dumps({"context": "The lighthouse is on Gullrock.", "prompts": ["Where is the lighthouse?"]}))
+    stages = []
+    real_train = offline.train
+    monkeypatch.setattr(offline, "train", lambda acc, loss, pairs, *a, **k: stages.append(list(pairs))
+                        or real_train(acc, loss, pairs, *a, **k))
+    offline.run(config(tiny_model_dir, "samples_per_query=2", "replay=1.0"), [str(a), str(b)], None,
+                str(tmp_path / "run"))
+    first, second = stages
+    assert len(first) == 4 and len(second) == 2 + 2  # its own 2 samples + as many replayed from stage 1
+    assert sum(any(p is q for q in first) for p in second) == 2
+
+
+def test_views_of_unequal_count_mix_with_their_own_weights(tokenizer, tiny_model):
+    header = assistant_header(tokenizer)
+    y = tokenizer("I am Pip.", add_special_tokens=False)["input_ids"]
+    student = render_prompt(tokenizer, "Who are you?")
+    one = build_pair(render_prompt(tokenizer, "Who are you?", Context("Your name is Pip.")), student, y, header)
+    two = build_pair(render_prompt(tokenizer, "Who are you?", Context("Your name is Pip.")), student, y, header,
+                     more_teacher_prompts=[render_prompt(tokenizer, "Who are you?", Context("You are a fox."))])
+    teacher = Teacher(tiny_model, frozen_copy=True)
+    together = DistillLoss(tiny_model, teacher, Objective())(collate_pairs([one, two], tokenizer.pad_token_id))[0]
+    apart = sum(DistillLoss(tiny_model, teacher, Objective())(collate_pairs([p], tokenizer.pad_token_id))[0]
+                for p in (one, two))
+    torch.testing.assert_close(together, apart, rtol=1e-4, atol=1e-5)
+
+
 def test_an_ensemble_of_teacher_views_is_the_average_of_their_distributions(tokenizer, tiny_model):
     header = assistant_header(tokenizer)
     contexts = [Context("Your name is Pip."), Context("Your name is Quibble, and you are a fox.")]

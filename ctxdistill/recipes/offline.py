@@ -37,7 +37,7 @@ from ctxdistill.queries import synthesize_queries
 from ctxdistill.sources import context_source, examples_source
 from ctxdistill.teacher import Teacher, encode_prefix, load_teacher_model, shared_prefix_len
 from ctxdistill.topk_cache import TopKCache, build_topk_cache
-from ctxdistill.training import TrainSettings, train
+from ctxdistill.training import TrainSettings, total_steps_for, train
 
 BUNDLED_RETENTION = Path(__file__).resolve().parent.parent / "data" / "retention.json"
 
@@ -100,6 +100,13 @@ def make_teacher(cfg: DistillConfig, objective, student, other, pairs, pad_id: i
                              cfg.chunk_size, fingerprint)
     accelerator.wait_for_everyone()
     return TopKCache(path)
+
+
+def _settings(cfg: DistillConfig, deadline: float | None) -> TrainSettings:
+    return TrainSettings(lr=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
+                         schedule=cfg.schedule, grad_clip=cfg.grad_clip, epochs=cfg.epochs, max_steps=cfg.max_steps,
+                         batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
+                         checkpoint_every=cfg.checkpoint_every, deadline=deadline)
 
 
 def split_scratchpad(tokenizer, ids: list[int], delimiter: str, stops: set[int]) -> tuple[list[int], list[int]] | None:
@@ -257,27 +264,31 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
     else:
         stages = [[i for i, src in enumerate(sources_of) if src == j] for j in range(len(sources))]
         stages = [st for st in stages if st]
+        # Rehearsal: each later stage also replays samples of the earlier ones, so they are not overwritten.
+        own = [list(st) for st in stages]
+        for n in range(1, len(stages)):
+            earlier = [i for st in own[:n] for i in st]
+            k = min(len(earlier), round(cfg.replay * len(own[n])))
+            stages[n] = own[n] + random.Random(cfg.seed + n).sample(earlier, k)
     budget_free = {k: v for k, v in cfg.to_dict().items() if k not in ("max_minutes", "checkpoint_every")}
     results = []
     for n, stage in enumerate(stages):
         stage_pairs = [pairs[i] for i in stage]
         deadline = None
-        if cfg.max_minutes:  # the time left is shared evenly by the stages still to run
-            deadline = time.time() + (t_start + cfg.max_minutes * 60 - time.time()) / (len(stages) - n)
+        if cfg.max_minutes:  # the time left is shared by the stages still to run, in proportion to their steps
+            planned = [total_steps_for(len(st), _settings(cfg, None)) for st in stages[n:]]
+            deadline = time.time() + (t_start + cfg.max_minutes * 60 - time.time()) * planned[0] / sum(planned)
         tag = f"_stage{n}" if len(stages) > 1 else ""
         teacher = make_teacher(cfg, objective, student, other, stage_pairs, tokenizer.pad_token_id, out,
                                accelerator, tag)
         loss_module = DistillLoss(student, teacher, objective, cfg.chunk_size, cfg.skip_first)
-        settings = TrainSettings(lr=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-                                 schedule=cfg.schedule, grad_clip=cfg.grad_clip, epochs=cfg.epochs,
-                                 max_steps=cfg.max_steps, batch_size=cfg.batch_size,
-                                 micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
-                                 checkpoint_every=cfg.checkpoint_every, deadline=deadline)
+        settings = _settings(cfg, deadline)
         fingerprint = hashlib.sha256(json.dumps([budget_free, n, [samples[i] for i in stage] if not cfg.scratchpad
                                                  else stage, init_adapter]).encode()).hexdigest()
         if len(stages) > 1:
             accelerator.print(f"Stage {n + 1}/{len(stages)}: {sources[sources_of[stage[0]]].name}, "
-                              f"{len(stage_pairs)} samples.")
+                              f"{len(stage_pairs)} samples (replayed from earlier stages: "
+                              f"{sum(sources_of[i] != sources_of[stage[0]] for i in stage)}).")
         results.append(train(accelerator, loss_module, stage_pairs,
                              lambda b: collate_pairs(b, tokenizer.pad_token_id, cfg.skip_first), settings,
                              out / "checkpoint" / f"state{tag}.pt", resume=resume, fingerprint=fingerprint))
