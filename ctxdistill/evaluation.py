@@ -82,8 +82,7 @@ def evaluate(model, tokenizer, context, qa: list[dict], retention: list[dict] | 
         rows["initial"] = answers(initial_model, tokenizer, questions, None, True, max_new_tokens)
     rows["student"] = answers(model, tokenizer, questions, None, True, max_new_tokens)
     result = {"n": len(qa), "questions": questions, "answers": rows,
-              "teacher_label": "base + context" if teacher_model is None else
-              ("initial + context" if teacher_model is initial_model else "teacher model + context")}
+              "teacher_label": "base + context" if teacher_model is None else "teacher model + context"}
     result["accuracy"] = {k: sum(contains_any(a, x["a"]) for a, x in zip(v, qa)) for k, v in rows.items()}
     result["kl_to_teacher"] = {"teacher": 0.0, **mean_kl_to_teacher(model, tokenizer, context, questions, teacher_ids,
                                                                        teacher_model=teacher_model,

@@ -2,8 +2,8 @@
 
 1. sources: each --context file (split into parts if it does not fit the window) and/or a pool of --examples;
 2. queries: from the source's own prompts, --prompts, or synthesized by the model shown the context;
-3. the teacher (the model *with* the context; for LoRA the same weights, adapter off; or --teacher, or the
-   --init-adapter model) samples completions, optionally reasoning on a scratch-pad before an answer delimiter;
+3. the teacher (the model *with* the context; for LoRA the same weights, adapter off; or --teacher) samples
+   completions, optionally reasoning on a scratch-pad before an answer delimiter;
 4. pairs: teacher view = render(context, query) [+ scratch-pad] + y, student view = render(query) + y; in ensemble
    mode (and for the parts of a split context) the teacher views under every context are averaged;
 5. the student (the model *without* the context, + LoRA) learns y, one source after another (sequential) or all
@@ -17,6 +17,7 @@ import hashlib
 import json
 import random
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -167,19 +168,25 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
     sources = load_sources(cfg, contexts, examples, tokenizer, window)
     objective = cfg.build_objective()
 
-    # The student, and who teaches: another model, the --init-adapter model, or the model itself (adapter off).
+    # The student, and who teaches: another model, or the model itself without any adapter.
     initial = None
     if init_adapter:
         if cfg.finetune != "lora":
             raise CtxDistillError("--init-adapter continues a LoRA adapter; it needs finetune=lora.")
         student = load_adapter(model, init_adapter, trainable=True)
-        initial = MergedCopy(student).model  # what the adapter knew before this run: the teacher's weights
+        # The old behaviour, for the report. It is not the teacher: measured, a model holding "Your name is Zorblax"
+        # keeps answering Zorblax with "Your name is Quibble." in context, so the base (adapter off) teaches.
+        initial = MergedCopy(student).model
     elif cfg.finetune == "lora":
         student = None  # LoRA is added after sampling, so the sampler is the plain model
     else:
         student = model.requires_grad_(True)
-    other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device) if cfg.teacher else initial
+    other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device) if cfg.teacher else None
     sampler = other if other is not None else model
+
+    def sampler_weights():
+        """The teacher's weights while sampling: an --init-adapter is switched off."""
+        return student.disable_adapter() if init_adapter and other is None else nullcontext()
 
     qa, qa_contexts = gather_eval(sources, eval_file)
     if accelerator.is_main_process:
@@ -204,7 +211,8 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
             rows += [{"source": i, "prompt": q} for q in prompts]
         return rows
 
-    queries = main_process_writes(accelerator, out / "data" / "queries.jsonl", make_queries)
+    with sampler_weights():
+        queries = main_process_writes(accelerator, out / "data" / "queries.jsonl", make_queries)
 
     # 2. Teacher samples: the sampling context is each query's first view; the rows keep every view's context text.
     def make_samples():
@@ -228,7 +236,8 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
                  "completion_ids": y, "text": tokenizer.decode(y, skip_special_tokens=True)}
                 for (row, views), y in zip(jobs, outs) if y]
 
-    samples = main_process_writes(accelerator, out / "data" / "samples.jsonl", make_samples)
+    with sampler_weights():
+        samples = main_process_writes(accelerator, out / "data" / "samples.jsonl", make_samples)
     generation_seconds = time.time() - t0
 
     # 3. Pairs: the same completion ids after both prompts (after the teacher's scratch-pad, if any).
