@@ -279,7 +279,11 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
             earlier = [i for st in own[:n] for i in st]
             k = min(len(earlier), round(cfg.replay * len(own[n])))
             stages[n] = own[n] + random.Random(cfg.seed + n).sample(earlier, k)
-    budget_free = {k: v for k, v in cfg.to_dict().items() if k not in ("max_minutes", "checkpoint_every")}
+    # What a checkpoint must agree on: the settings that shape training, leaving out the budget and those at their
+    # defaults (so a config key added by a later version does not orphan existing checkpoints).
+    defaults = DistillConfig().to_dict()
+    budget_free = {k: v for k, v in cfg.to_dict().items()
+                   if k not in ("max_minutes", "checkpoint_every") and v != defaults[k]}
     results = []
     for n, stage in enumerate(stages):
         stage_pairs = [pairs[i] for i in stage]
