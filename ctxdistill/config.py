@@ -111,8 +111,8 @@ class DistillConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise CtxDistillError(f"{key}={getattr(self, key)!r} is not valid; use one of {', '.join(allowed)}.")
-        positive = ["num_examples", "example_sets", "lora_r", "batch_size", "micro_batch_size", "samples_per_query", "max_new_tokens",
-                    "gen_batch_size", "chunk_size", "temperature", "eval_max_new_tokens"]
+        positive = ["num_examples", "example_sets", "lora_r", "batch_size", "micro_batch_size", "samples_per_query",
+                    "max_new_tokens", "gen_batch_size", "chunk_size", "temperature", "eval_max_new_tokens"]
         for key in positive:
             if getattr(self, key) <= 0:
                 raise CtxDistillError(f"{key} must be > 0, got {getattr(self, key)}.")

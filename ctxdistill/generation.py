@@ -1,4 +1,4 @@
-"""Batched sampling with transformers `generate`, left-padded, in wide length-sorted batches.
+"""Batched sampling: a lean decode loop over the KV cache, left-padded, in wide length-sorted batches.
 
 On CPU, one decode step of a small model is dominated by fixed costs, not by the matmuls: measured on the default
 model at batch 8, the SDPA kernel takes 0.6 ms per layer for a single query row, so decoding uses the eager attention
@@ -62,7 +62,6 @@ class MergedCopy:
     copy is separate: one more set of weights, refreshed by `sync()` after the adapter changes."""
 
     def __init__(self, peft_model):
-        self.source = peft_model
         self.model = copy.deepcopy(peft_model).merge_and_unload().eval().requires_grad_(False)
         targets = dict(self.model.named_modules())
         self.pairs = []

@@ -73,6 +73,19 @@ def read_jsonl(p: Path, flag: str) -> list:
     return rows
 
 
+def read_examples(path) -> list[dict]:
+    """Few-shot examples: a .jsonl of {"input", "output"} strings."""
+    p = _require_file(path, "Examples", "--examples")
+    rows = read_jsonl(p, "--examples")
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not isinstance(row.get("input"), str) or not isinstance(row.get("output"), str):
+            raise CtxDistillError(f"{p}, example {n}: each line must be an object with string 'input' and 'output'.")
+    if not rows:
+        raise CtxDistillError(f"{p} has no examples; write one JSON object per line: "
+                              '{"input": ..., "output": ...}.')
+    return rows
+
+
 def read_context(path) -> dict:
     """A .txt/.md file (the whole text is the context) or a .json with a "context" field (and optional "eval")."""
     p = _require_file(path, "Context", "--context")

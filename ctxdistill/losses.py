@@ -23,7 +23,7 @@ class PairBatch:
     teacher_rows: tuple[torch.Tensor, torch.Tensor]
     labels: torch.Tensor  # the completion ids of the rows, row-aligned
     pairs: list[Pair] | None = None  # kept for teachers that look rows up (the top-k cache)
-    more_teachers: list | None = None  # ensemble: further (ids, mask, rows) teacher views of the same rows
+    extra_views: list | None = None  # ensemble: further (ids, mask, rows) teacher views of the same rows
     view_weights: torch.Tensor | None = None  # rows × views: each row's weight of each view (sums to 1)
 
     def to(self, device) -> "PairBatch":
@@ -105,7 +105,7 @@ class DistillLoss(torch.nn.Module):
         with_layers = obj.hidden_weight > 0
         s_final, s_layers = decoder_states(self.student, batch.student_ids, batch.student_mask, with_layers)
         s_rows = s_final[batch.student_rows]
-        teacher_rows, t_layers, offset = None, None, 0
+        teacher_rows, t_layers = None, None
         if isinstance(self.teacher, TopKCache):
             teacher_rows = self.teacher.rows(batch.pairs, self.skip_first)
             teacher_rows.ids, teacher_rows.logp = teacher_rows.ids.to(device), teacher_rows.logp.to(device)
@@ -113,11 +113,11 @@ class DistillLoss(torch.nn.Module):
             t_final, t_layers, offset = self.teacher.states(batch.teacher_ids, batch.teacher_mask, with_layers)
             t_idx = (batch.teacher_rows[0], batch.teacher_rows[1] - offset)
             teacher_rows = TeacherLogits(t_final[t_idx], self.teacher.head)
-            if batch.more_teachers:  # an ensemble of contexts: average the views' distributions
+            if batch.extra_views:  # an ensemble of contexts: average the views' distributions
                 if with_layers:
                     raise CtxDistillError("The hidden-state term is not defined for an ensemble of teacher views.")
                 hiddens = [teacher_rows.hidden]
-                for ids, mask, rows in batch.more_teachers:
+                for ids, mask, rows in batch.extra_views:
                     final, _, off = self.teacher.states(ids, mask)
                     hiddens.append(final[rows[0], rows[1] - off])
                 teacher_rows = TeacherMixture(hiddens, self.teacher.head, batch.view_weights)

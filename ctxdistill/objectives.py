@@ -238,8 +238,10 @@ def chunk_loss(obj: Objective, s_logits: torch.Tensor, teacher, labels: torch.Te
         # Value: the log-ratio on the sampled token (a one-sample reverse-KL estimate).
         # Gradient: ratio · ∇log p_s(y), the score-function gradient of E_{y~student}[log p_s/p_t].
         per_row = per_row + obj.terms["sampled_kl"] * (ratio + ratio * (s_y - s_y.detach()))
-    if "sft" in obj.terms:
-        per_row = per_row + obj.terms["sft"] * F.cross_entropy(s_logits, labels, reduction="none")
+    if "sft" in obj.terms:  # hard labels at T = 1; at T = 1 the log-softmax above is already the one needed
+        nll = -s_full.gather(-1, labels[:, None])[:, 0] if T == 1.0 else \
+            F.cross_entropy(s_logits, labels, reduction="none")
+        per_row = per_row + obj.terms["sft"] * nll
     return (per_row if row_weight is None else per_row * row_weight).sum()
 
 

@@ -7,13 +7,13 @@ teacher sees: the one it samples under first, then the others whose distribution
 
 from __future__ import annotations
 
-import json
 import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctxdistill import CtxDistillError
+from ctxdistill.io import read_examples
 from ctxdistill.pairs import Context, render_prompt
 
 
@@ -49,26 +49,6 @@ class Source:
 def render_examples(examples: list[dict]) -> str:
     shots = "\n\n".join(f"Input: {e['input']}\nOutput: {e['output']}" for e in examples)
     return "Here are examples of the task, each an input and its output:\n\n" + shots
-
-
-def read_examples(path) -> list[dict]:
-    p = Path(path)
-    if not p.is_file():
-        raise CtxDistillError(f"Examples file not found: {p}. Check the path given to --examples.")
-    rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CtxDistillError(f"{p}, line {n}: not valid JSON ({e.msg}).") from e
-        if not isinstance(row, dict) or not isinstance(row.get("input"), str) or not isinstance(row.get("output"), str):
-            raise CtxDistillError(f"{p}, line {n}: each line must be an object with string 'input' and 'output'.")
-        rows.append(row)
-    if not rows:
-        raise CtxDistillError(f"{p} has no examples; write one JSON object per line: {{\"input\": ..., \"output\": ...}}.")
-    return rows
 
 
 def split_to_fit(text: str, tokenizer, budget: int) -> list[str]:

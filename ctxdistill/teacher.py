@@ -169,14 +169,6 @@ class Teacher:
             final, layers = decoder_states(self.model, input_ids[:, p:], attention_mask[:, p:], all_layers, prefix)
             return final, layers, p
 
-    @torch.no_grad()
-    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        final, _, offset = self.states(input_ids, attention_mask)
-        if offset:
-            pad = final.new_zeros(final.shape[0], offset, final.shape[2])
-            final = torch.cat([pad, final], 1)
-        return final
-
     @property
     def head(self) -> torch.nn.Module:
         return output_head(self.model)

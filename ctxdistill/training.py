@@ -150,7 +150,7 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
         accelerator.wait_for_everyone()
 
     world, rank = accelerator.num_processes, accelerator.process_index
-    count = tokens_of or getattr(loss_module, "tokens_in", None) or (lambda ex: ex.completion_len)
+    count = tokens_of or (lambda ex: ex.completion_len)
     bar = tqdm(total=total, initial=start_step, desc="training", unit="step", dynamic_ncols=True,
                disable=not accelerator.is_local_main_process)
     model.train()

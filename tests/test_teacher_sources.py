@@ -80,7 +80,7 @@ def test_top_k_cache_round_trips_exactly_and_matches_the_live_teacher(tokenizer,
     assert cache.ids.shape == (sum(p.completion_len for p in pairs), 16) and cache.fingerprint == "abc"
     # What was written is the teacher's top-k at temperature 2 (another batching: equal up to float rounding).
     batch = collate_pairs(pairs, tokenizer.pad_token_id)
-    t_h = teacher.hidden(batch.teacher_ids, batch.teacher_mask)[batch.teacher_rows]
+    t_h = teacher.states(batch.teacher_ids, batch.teacher_mask)[0][batch.teacher_rows]  # no prefix: offset 0
     logp = torch.log_softmax((t_h @ teacher.head.weight.T).float() / 2.0, -1)
     vals, ids = logp.topk(16, -1)
     rows = TopKCache(tmp_path / "topk").rows(pairs)

@@ -304,7 +304,8 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
                               f"{sum(sources_of[i] != sources_of[stage[0]] for i in stage)}).")
         results.append(train(accelerator, loss_module, stage_pairs,
                              lambda b: collate_pairs(b, tokenizer.pad_token_id, cfg.skip_first), settings,
-                             out / "checkpoint" / f"state{tag}.pt", resume=resume, fingerprint=fingerprint))
+                             out / "checkpoint" / f"state{tag}.pt", resume=resume, fingerprint=fingerprint,
+                             tokens_of=loss_module.tokens_in))
 
     # 5. Artifacts (main process only).
     summary = None
@@ -355,7 +356,8 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
                  f"- time: generation {generation_seconds:.0f}s, training {train_seconds:.0f}s, "
                  f"total {time.time() - t_start:.0f}s"]
         write_report(out, "offline context distillation", lines, evaluation, history)
-        summary = {"evaluation": evaluation, "metrics": metrics, "table": results_table(evaluation) if evaluation else ""}
+        summary = {"evaluation": evaluation, "metrics": metrics,
+                   "table": results_table(evaluation) if evaluation else ""}
     accelerator.wait_for_everyone()
     return summary or {}
 
