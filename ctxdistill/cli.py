@@ -1,4 +1,4 @@
-"""`ctxdistill` command line: distill, eval, chat, model-path."""
+"""`ctxdistill` command line: distill, compare, eval, chat, model-path."""
 
 from __future__ import annotations
 
@@ -10,12 +10,29 @@ from ctxdistill import CtxDistillError
 
 def _cmd_distill(args) -> None:
     from ctxdistill.config import load_config
-    from ctxdistill.recipes import RECIPES
+    from ctxdistill.recipes import DOC_RECIPES, RECIPES, recipe_defaults
 
     if args.recipe not in RECIPES:
         raise CtxDistillError(f"Unknown recipe '{args.recipe}'. Available: {', '.join(RECIPES)}.")
-    cfg = load_config(args.config, args.set, model=args.model, teacher=args.teacher, max_minutes=args.max_minutes,
-                      mode=args.mode)
+    cfg = load_config(args.config, args.set, defaults=recipe_defaults(args.recipe), model=args.model,
+                      teacher=args.teacher, max_minutes=args.max_minutes, mode=args.mode)
+    if args.recipe in DOC_RECIPES:
+        if not args.docs:
+            raise CtxDistillError(f"The {args.recipe} recipe learns from documents: pass --docs FILE_OR_FOLDER.")
+        if args.recipe == "disc":
+            from ctxdistill.recipes import disc
+
+            summary = disc.run(cfg, args.docs, args.out, args.resume, args.qa, args.retention, args.stream)
+        else:
+            from ctxdistill.recipes import baselines
+
+            summary = baselines.run(args.recipe, cfg, args.docs, args.out, args.resume, args.qa, args.retention,
+                                    args.stream)
+        if summary:
+            print()
+            print(summary["table"])
+            print(f"\nModel, manifest, curve and report in {args.out}/")
+        return
     if not args.context and not args.examples:
         raise CtxDistillError("Give at least one --context FILE, or --examples FILE.")
     from ctxdistill.recipes import offline
@@ -26,6 +43,34 @@ def _cmd_distill(args) -> None:
         print()
         print(summary["table"] or "(no eval questions: pass --eval FILE or put an \"eval\" list in the context JSON)")
         print(f"\nAdapter, manifest and report in {args.out}/")
+
+
+def _cmd_compare(args) -> None:
+    import json
+    from pathlib import Path
+
+    from ctxdistill.io import atomic_write_text
+    from ctxdistill.stream import curve_table, plot_curves
+
+    runs = {}
+    for run_dir in args.runs:
+        path = Path(run_dir) / "manifest.json"
+        if not path.is_file():
+            raise CtxDistillError(f"{run_dir} has no manifest.json: pass output folders of finished distill runs.")
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if "curve" not in manifest.get("metrics", {}):
+            raise CtxDistillError(f"{run_dir} is a {manifest.get('recipe')} run without a curve; compare takes runs "
+                                  "of disc and its baselines.")
+        name = manifest["recipe"]
+        runs[name if name not in runs else f"{name} ({Path(run_dir).name})"] = manifest["metrics"]
+    table = curve_table(runs)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        plot_curves(out / "compare.png", runs)
+        atomic_write_text(out / "compare.md", "# Knowledge vs retention\n\n" + table + "\n\n![curves](compare.png)\n")
+        print(f"\nWritten {out}/compare.md and compare.png")
 
 
 def _load_with_adapter(model_name: str | None, adapter: str | None):
@@ -105,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("distill", help="run a distillation recipe")
-    d.add_argument("recipe", help="offline")
+    d.add_argument("recipe", help="offline | disc | finetune | finetune-kl | lora-finetune")
     d.add_argument("--model", default=None, help="HF id, local directory, .gguf file, or 'default'")
     d.add_argument("--teacher", default=None,
                    help="another model as the teacher (same tokenizer; e.g. a bigger one). Default: the model itself")
@@ -123,7 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     d.add_argument("--eval", default=None, help="QA JSON for the before/after report (default: the context's \"eval\")")
     d.add_argument("--retention", default=None, help="QA JSON of general questions (default: a bundled set)")
+    d.add_argument("--docs", default=None,
+                   help="disc and baselines: .jsonl/.json of {\"id\", \"text\", optional \"qa\"}, or a folder of .txt/.md")
+    d.add_argument("--stream", action="store_true",
+                   help="disc and baselines: documents arrive in order, docs_per_batch at a time, evaluated after each")
+    d.add_argument("--qa", default=None,
+                   help="disc and baselines: more QA, {\"q\", \"a\", optional \"doc\": id} (documents' own \"qa\" are used too)")
     d.set_defaults(func=_cmd_distill)
+
+    k = sub.add_parser("compare", help="one table and one figure (knowledge vs retention) for several doc runs")
+    k.add_argument("runs", nargs="+", help="output folders of disc / baseline runs")
+    k.add_argument("--out", default=None, help="write OUT/compare.md and OUT/compare.png")
+    k.set_defaults(func=_cmd_compare)
 
     e = sub.add_parser("eval", help="base vs teacher vs student on a QA file")
     e.add_argument("--adapter", required=True)

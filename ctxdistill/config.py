@@ -71,6 +71,13 @@ class DistillConfig:
     sample_temperature: float = 0.8
     max_new_tokens: int = 96
     gen_batch_size: int = 64
+    # documents (disc and its baselines)
+    split_strategy: str = "random"  # random (several sentence boundaries + the last sentence) | middle | uniform | token
+    splits_per_doc: int = 4  # (prefix, suffix) splits per document per step
+    max_suffix_tokens: int = 0  # 0: the rest of the document, up to half the window
+    max_seq_len: int = 0  # 0: the model's window
+    docs_per_batch: int = 1  # --stream: documents that arrive together, evaluated after each batch
+    kl_weight: float = 1.0  # finetune-kl: weight of KL(initial ‖ model) next to next-token prediction
     # evaluation written to the report
     eval_max_new_tokens: int = 48
 
@@ -107,17 +114,19 @@ class DistillConfig:
 
     def validate(self) -> "DistillConfig":
         choices = {"finetune": ("lora", "full"), "mode": ("sequential", "ensemble"),
-                   "context_kind": ("system", "prefix", "document"), "schedule": ("cosine", "linear", "constant")}
+                   "context_kind": ("system", "prefix", "document"), "schedule": ("cosine", "linear", "constant"),
+                   "split_strategy": ("random", "middle", "uniform", "token")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise CtxDistillError(f"{key}={getattr(self, key)!r} is not valid; use one of {', '.join(allowed)}.")
         positive = ["num_examples", "example_sets", "lora_r", "batch_size", "micro_batch_size", "samples_per_query",
-                    "max_new_tokens", "gen_batch_size", "chunk_size", "temperature", "eval_max_new_tokens"]
+                    "max_new_tokens", "gen_batch_size", "chunk_size", "temperature", "eval_max_new_tokens",
+                    "splits_per_doc", "docs_per_batch"]
         for key in positive:
             if getattr(self, key) <= 0:
                 raise CtxDistillError(f"{key} must be > 0, got {getattr(self, key)}.")
         for key in ["epochs", "max_minutes", "lr", "weight_decay", "top_k", "max_steps", "warmup_ratio", "skip_first",
-                    "replay"]:
+                    "replay", "max_suffix_tokens", "max_seq_len", "kl_weight"]:
             if getattr(self, key) < 0:
                 raise CtxDistillError(f"{key} must be >= 0, got {getattr(self, key)}.")
         if self.batch_size >= self.micro_batch_size and self.batch_size % self.micro_batch_size:
@@ -193,8 +202,10 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
-def load_config(config_file: str | None = None, sets: list[str] | None = None, **cli_values) -> DistillConfig:
-    cfg = DistillConfig()
+def load_config(config_file: str | None = None, sets: list[str] | None = None, defaults: dict | None = None,
+                **cli_values) -> DistillConfig:
+    """defaults (a recipe's own) ← YAML ← command-line flags ← --set."""
+    cfg = apply_overrides(DistillConfig(), defaults or {}, "the recipe defaults")
     if config_file:
         path = Path(config_file)
         if not path.is_file():

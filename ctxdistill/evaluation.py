@@ -122,3 +122,46 @@ def answers_table(result: dict) -> str:
     for i, q in enumerate(result["questions"]):
         lines.append(f"| {clean(q)} | " + " | ".join(clean(result["answers"][k][i]) for k in names) + " |")
     return "\n".join(lines)
+
+
+class DriftProbe:
+    """Forgetting as numbers: accuracy on general questions, and the mean per-token KL(initial ‖ model) on the
+    initial model's own greedy answers to them. The initial model's states at those rows and a copy of its output
+    head are kept, so later models (fully fine-tuned ones too) are compared without keeping a second model."""
+
+    def __init__(self, model, tokenizer, qa: list[dict], max_new_tokens: int = 48, batch_size: int = 16):
+        import copy
+
+        self.tokenizer, self.qa, self.max_new_tokens, self.batch_size = tokenizer, qa, max_new_tokens, batch_size
+        questions = [x["q"] for x in qa]
+        with _adapter(model, False):
+            ids = answer_ids(model, tokenizer, questions, None, False, max_new_tokens)
+        self.initial_answers = [tokenizer.decode(c, skip_special_tokens=True).strip() for c in ids]
+        header = assistant_header(tokenizer)
+        self.pairs = [build_pair(render_prompt(tokenizer, q), render_prompt(tokenizer, q), y, header)
+                      for q, y in zip(questions, ids) if y]
+        with _adapter(model, False):
+            self.states = [h.detach() for h in self._rows(model)]
+            self.head = copy.deepcopy(output_head(model)).requires_grad_(False)
+
+    @torch.no_grad()
+    def _rows(self, model):
+        device = next(model.parameters()).device
+        for start in range(0, len(self.pairs), self.batch_size):
+            batch = collate_pairs(self.pairs[start:start + self.batch_size], self.tokenizer.pad_token_id).to(device)
+            yield final_hidden(model, batch.student_ids, batch.student_mask)[batch.student_rows]
+
+    @torch.no_grad()
+    def kl(self, model) -> float:
+        total = sum(float(forward_kl(h, output_head(model), t, self.head)) for h, t in zip(self._rows(model),
+                                                                                         self.states))
+        return total / max(1, sum(p.completion_len for p in self.pairs))
+
+    def measure(self, model) -> dict:
+        """{"accuracy", "n", "kl_to_initial", "answers"} of `model` (adapter on) on the probe questions."""
+        got = answers(model, self.tokenizer, [x["q"] for x in self.qa], None, True, self.max_new_tokens)
+        return {"accuracy": score(got, self.qa), "n": len(self.qa), "kl_to_initial": self.kl(model), "answers": got}
+
+
+def score(got: list[str], qa: list[dict]) -> int:
+    return sum(contains_any(a, x["a"]) for a, x in zip(got, qa))

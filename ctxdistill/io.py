@@ -53,7 +53,7 @@ def _require_file(path, what: str, flag: str) -> Path:
     return p
 
 
-def _load_json(p: Path, flag: str):
+def load_json(p: Path, flag: str):
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -90,7 +90,7 @@ def read_context(path) -> dict:
     """A .txt/.md file (the whole text is the context) or a .json with a "context" field (and optional "eval")."""
     p = _require_file(path, "Context", "--context")
     if p.suffix == ".json":
-        data = _load_json(p, "--context")
+        data = load_json(p, "--context")
         if not isinstance(data, dict) or not isinstance(data.get("context"), str):
             raise CtxDistillError(f"{p} must be a JSON object with a string field \"context\" "
                                   '(e.g. {"context": "Your name is ..."}), or a plain .txt file.')
@@ -113,7 +113,7 @@ def read_prompts(path) -> list[str]:
                                   '{"prompt": "..."}.')
         prompts = [r["prompt"] for r in rows]
     elif p.suffix == ".json":
-        data = _load_json(p, "--prompts")
+        data = load_json(p, "--prompts")
         if isinstance(data, dict):
             data = data.get("prompts", data.get("train_prompts"))
         if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
@@ -130,7 +130,7 @@ def read_prompts(path) -> list[str]:
 def read_qa(path, flag: str = "--qa") -> list[dict]:
     """A JSON list of {"q", "a": [accepted answers]}, or an object holding one under "eval"/"qa" or per "docs"."""
     p = _require_file(path, "QA", flag)
-    data = _load_json(p, flag)
+    data = load_json(p, flag)
     if isinstance(data, dict):
         if "docs" in data and isinstance(data["docs"], list):
             data = [qa for d in data["docs"] if isinstance(d, dict) for qa in (d.get("qa") or [])]

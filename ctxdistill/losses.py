@@ -39,7 +39,10 @@ class PairBatch:
 
 def collate_pairs(pairs: list[Pair], pad_id: int, skip_first: int = 0) -> PairBatch:
     s_ids, s_mask = pad_right([p.student_ids for p in pairs], pad_id)
-    t_ids, t_mask = pad_right([p.teacher_ids for p in pairs], pad_id)
+    # Pairs that share a teacher sequence (DiSC's splits of one document) share one teacher row.
+    unique: dict[tuple, int] = {}
+    t_index = [unique.setdefault(tuple(p.teacher_ids), len(unique)) for p in pairs]
+    t_ids, t_mask = pad_right([list(ids) for ids in unique], pad_id)
     n = [p.completion_len for p in pairs]
     labels = torch.tensor([t for p in pairs for t in p.completion[skip_first:]], dtype=torch.long)
     # Pairs may have different numbers of teacher views: a short list is padded with its first view at weight 0.
@@ -55,8 +58,14 @@ def collate_pairs(pairs: list[Pair], pad_id: int, skip_first: int = 0) -> PairBa
                                   for v in range(n_views)] for p in pairs])
         weights = per_pair.repeat_interleave(torch.tensor([max(0, c - skip_first) for c in n]), 0)
     return PairBatch(s_ids, s_mask, completion_rows([p.student_prompt_len for p in pairs], n, skip_first),
-                     t_ids, t_mask, completion_rows([p.teacher_prompt_len for p in pairs], n, skip_first), labels,
+                     t_ids, t_mask, _teacher_rows(pairs, t_index, n, skip_first), labels,
                      list(pairs), more or None, weights)
+
+
+def _teacher_rows(pairs: list[Pair], t_index: list[int], n: list[int], skip_first: int):
+    """Completion rows of each pair inside its (possibly shared) teacher sequence."""
+    batch, pos = completion_rows([p.teacher_prompt_len for p in pairs], n, skip_first)
+    return torch.tensor(t_index, dtype=torch.long)[batch], pos
 
 
 def _pick_layers(layers: list[torch.Tensor], chosen: tuple[int, ...]) -> list[torch.Tensor]:

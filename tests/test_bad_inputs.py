@@ -589,3 +589,14 @@ def test_documented_config_file_matches_the_defaults():
 
     path = Path(__file__).resolve().parent.parent / "configs" / "offline.yaml"
     assert load_config(str(path)).to_dict() == DistillConfig().to_dict()
+
+
+def test_disc_config_file_matches_the_recipe_defaults():
+    """configs/disc.yaml documents where `distill disc` starts: loading it over the recipe defaults changes nothing."""
+    from ctxdistill.config import load_config
+    from ctxdistill.recipes import recipe_defaults
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "disc.yaml"
+    defaults = recipe_defaults("disc")
+    assert load_config(str(path), defaults=defaults).to_dict() == load_config(defaults=defaults).to_dict()
+    assert load_config(str(path)).to_dict() == load_config(defaults=defaults).to_dict()

@@ -1,3 +1,17 @@
-"""One file per method; each exposes `run(cfg, **inputs)`."""
+"""One file per method; each exposes `run(cfg, **inputs)` and its config `DEFAULTS`."""
 
-RECIPES = ("offline",)
+DOC_RECIPES = ("disc", "finetune", "finetune-kl", "lora-finetune")  # learn from --docs
+RECIPES = ("offline", *DOC_RECIPES)
+
+
+def recipe_defaults(name: str) -> dict:
+    """Config values a recipe starts from, before --config and --set."""
+    if name == "disc":
+        from ctxdistill.recipes import disc
+
+        return dict(disc.DEFAULTS)
+    if name in DOC_RECIPES:
+        from ctxdistill.recipes import baselines
+
+        return dict(baselines.DEFAULTS[name])
+    return {}

@@ -1,0 +1,74 @@
+"""Documents in: a .jsonl/.json of {"id", "text", optional "qa"}, a folder of .txt/.md files, or one text file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ctxdistill import CtxDistillError
+from ctxdistill.io import load_json, read_jsonl, read_qa_items
+
+TEXT_SUFFIXES = (".txt", ".md")
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    qa: list[dict] = field(default_factory=list)  # questions about this document, {"q", "a": [accepted]}
+
+
+def _from_rows(rows, where: str) -> list[Document]:
+    docs = []
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise CtxDistillError(f"{where}, document {n}: each document must be an object with a string 'text' "
+                                  '(and an optional "id" and "qa").')
+        if not row["text"].strip():
+            raise CtxDistillError(f"{where}, document {n} has an empty 'text'. Remove it or fill it in.")
+        qa = row.get("qa") or []
+        if qa:
+            read_qa_items(qa, f"{where}, document {n} 'qa'")
+        docs.append(Document(str(row.get("id", f"doc{n}")), row["text"], list(qa)))
+    return docs
+
+
+def read_documents(path) -> list[Document]:
+    """Documents in the order given (a folder: sorted by file name). Ids must be unique."""
+    p = Path(path)
+    if not p.exists():
+        raise CtxDistillError(f"Documents not found: {p}. Check the path given to --docs.")
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix in TEXT_SUFFIXES and f.is_file())
+        if not files:
+            raise CtxDistillError(f"{p} holds no .txt or .md files. Put one document per file in it.")
+        docs = [Document(f.stem, f.read_text(encoding="utf-8")) for f in files]
+        empty = [d.id for d in docs if not d.text.strip()]
+        if empty:
+            raise CtxDistillError(f"Empty document file(s) in {p}: {', '.join(empty[:5])}. Remove or fill them.")
+    elif p.suffix == ".jsonl":
+        docs = _from_rows(read_jsonl(p, "--docs"), str(p))
+    elif p.suffix == ".json":
+        data = load_json(p, "--docs")
+        if isinstance(data, dict):
+            data = data.get("docs", data.get("documents"))
+        if not isinstance(data, list):
+            raise CtxDistillError(f'{p} must hold a list of documents {{"id", "text"}}, or an object with such a '
+                                  'list under "docs".')
+        docs = _from_rows(data, str(p))
+    elif p.suffix in TEXT_SUFFIXES:
+        text = p.read_text(encoding="utf-8")
+        if not text.strip():
+            raise CtxDistillError(f"{p} is empty. Put the document's text in it.")
+        docs = [Document(p.stem, text)]
+    else:
+        raise CtxDistillError(f"--docs {p}: use a .jsonl or .json of {{\"id\", \"text\"}}, a .txt/.md file, or a "
+                              "folder of .txt/.md files.")
+    if not docs:
+        raise CtxDistillError(f"{p} holds no documents.")
+    seen, dupes = set(), set()
+    for d in docs:
+        (dupes if d.id in seen else seen).add(d.id)
+    if dupes:
+        raise CtxDistillError(f"Document ids must be unique; repeated in {p}: {', '.join(sorted(dupes)[:5])}.")
+    return docs
