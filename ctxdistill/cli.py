@@ -1,4 +1,4 @@
-"""`ctxdistill` command line: distill, compare, eval, chat, model-path."""
+"""`ctxdistill` command line: distill, experience, compare, eval, chat, model-path."""
 
 from __future__ import annotations
 
@@ -33,6 +33,18 @@ def _cmd_distill(args) -> None:
             print(summary["table"])
             print(f"\nModel, manifest, curve and report in {args.out}/")
         return
+    if args.recipe == "onpolicy":
+        if len(args.context) != 1:
+            raise CtxDistillError("The onpolicy recipe takes exactly one --context FILE.")
+        from ctxdistill.recipes import onpolicy
+
+        summary = onpolicy.run(cfg, args.context[0], args.prompts, args.out, resume=args.resume,
+                               eval_file=args.eval, retention_file=args.retention)
+        if summary:
+            print()
+            print(summary["table"] or "(no eval questions: pass --eval FILE or put an \"eval\" list in the context)")
+            print(f"\nAdapter, manifest and report in {args.out}/")
+        return
     if not args.context and not args.examples:
         raise CtxDistillError("Give at least one --context FILE, or --examples FILE.")
     from ctxdistill.recipes import offline
@@ -43,6 +55,18 @@ def _cmd_distill(args) -> None:
         print()
         print(summary["table"] or "(no eval questions: pass --eval FILE or put an \"eval\" list in the context JSON)")
         print(f"\nAdapter, manifest and report in {args.out}/")
+
+
+def _cmd_experience(args) -> None:
+    from ctxdistill.config import load_config
+    from ctxdistill.recipes import experience, recipe_defaults
+
+    cfg = load_config(args.config, args.set, defaults=recipe_defaults("onpolicy"), model=args.model,
+                      max_minutes=args.max_minutes)
+    result = experience.run(cfg, args.tasks, args.out, checker=args.checker, resume=args.resume)
+    print()
+    print(result["table"])
+    print(f"\nNotes, traces, consolidated adapter and report in {args.out}/")
 
 
 def _cmd_compare(args) -> None:
@@ -150,10 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("distill", help="run a distillation recipe")
-    d.add_argument("recipe", help="offline | disc | finetune | finetune-kl | lora-finetune")
+    d.add_argument("recipe", help="offline | onpolicy | disc | finetune | finetune-kl | lora-finetune")
     d.add_argument("--model", default=None, help="HF id, local directory, .gguf file, or 'default'")
     d.add_argument("--teacher", default=None,
-                   help="another model as the teacher (same tokenizer; e.g. a bigger one). Default: the model itself")
+                   help="another model as the teacher (same tokenizer; e.g. a bigger one), or 'live' (onpolicy: the "
+                        "current student). Default: the model itself, adapter off")
     d.add_argument("--context", action="append", default=[],
                    help=".txt file, or .json with \"context\" (and optional \"prompts\", \"eval\"); repeat for several")
     d.add_argument("--mode", default=None, choices=["sequential", "ensemble"],
@@ -175,6 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--qa", default=None,
                    help="disc and baselines: more QA, {\"q\", \"a\", optional \"doc\": id} (documents' own \"qa\" are used too)")
     d.set_defaults(func=_cmd_distill)
+
+    x = sub.add_parser("experience", help="solve tasks, write notes from the traces, keep the best, consolidate")
+    x.add_argument("--tasks", required=True, help='.jsonl of {"prompt", "answer"}')
+    x.add_argument("--checker", default="exact",
+                   help="exact | contains | number | regex | module:function(prompt, response, answer) -> bool")
+    x.add_argument("--model", default=None)
+    x.add_argument("--out", required=True)
+    x.add_argument("--max-minutes", type=float, default=None, help="budget of the consolidation (onpolicy) run")
+    x.add_argument("--config", default=None)
+    x.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    x.add_argument("--resume", action="store_true")
+    x.set_defaults(func=_cmd_experience)
 
     k = sub.add_parser("compare", help="one table and one figure (knowledge vs retention) for several doc runs")
     k.add_argument("runs", nargs="+", help="output folders of disc / baseline runs")

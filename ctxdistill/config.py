@@ -35,7 +35,8 @@ class DistillConfig:
     lora_dropout: float = 0.0
     lora_targets: typing.Union[str, list] = "all-linear"
     gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, ~1/3 more compute
-    # "": the base with the adapter off (LoRA) or a frozen copy (full); else another model with the same tokenizer
+    # "": the base with the adapter off (LoRA) or a frozen copy (full); "live": the current student (onpolicy);
+    # else another model with the same tokenizer
     teacher: str = ""
     teacher_cache: bool = False  # score the samples once, keep the teacher's top-k on disk (needs top_k > 0)
     prefix_cache: bool = True  # encode the context once and reuse its KV cache in every teacher forward
@@ -78,6 +79,14 @@ class DistillConfig:
     max_seq_len: int = 0  # 0: the model's window
     docs_per_batch: int = 1  # --stream: documents that arrive together, evaluated after each batch
     kl_weight: float = 1.0  # finetune-kl: weight of KL(initial ‖ model) next to next-token prediction
+    # on-policy (onpolicy recipe)
+    offline_fraction: float = 0.0  # share of steps trained on teacher samples instead of the student's own
+    # experience (ctxdistill experience)
+    select_fraction: float = 0.25  # tasks that pick the best notes
+    test_fraction: float = 0.25  # tasks for the report
+    experience_candidates: int = 4  # note sets written (sampled) from the model's own traces
+    traces_per_note: int = 6  # traces shown for writing one note set
+    max_notes: int = 5  # notes per set
     # evaluation written to the report
     eval_max_new_tokens: int = 48
 
@@ -121,12 +130,12 @@ class DistillConfig:
                 raise CtxDistillError(f"{key}={getattr(self, key)!r} is not valid; use one of {', '.join(allowed)}.")
         positive = ["num_examples", "example_sets", "lora_r", "batch_size", "micro_batch_size", "samples_per_query",
                     "max_new_tokens", "gen_batch_size", "chunk_size", "temperature", "eval_max_new_tokens",
-                    "splits_per_doc", "docs_per_batch"]
+                    "splits_per_doc", "docs_per_batch", "experience_candidates", "traces_per_note", "max_notes"]
         for key in positive:
             if getattr(self, key) <= 0:
                 raise CtxDistillError(f"{key} must be > 0, got {getattr(self, key)}.")
         for key in ["epochs", "max_minutes", "lr", "weight_decay", "top_k", "max_steps", "warmup_ratio", "skip_first",
-                    "replay", "max_suffix_tokens", "max_seq_len", "kl_weight"]:
+                    "replay", "max_suffix_tokens", "max_seq_len", "kl_weight", "offline_fraction"]:
             if getattr(self, key) < 0:
                 raise CtxDistillError(f"{key} must be >= 0, got {getattr(self, key)}.")
         if self.batch_size >= self.micro_batch_size and self.batch_size % self.micro_batch_size:
@@ -138,6 +147,12 @@ class DistillConfig:
 
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise CtxDistillError(f"dtype={self.dtype!r} is not valid; use auto or one of {', '.join(DTYPES)}.")
+        if not (0 < self.select_fraction < 1 and 0 < self.test_fraction < 1
+                and self.select_fraction + self.test_fraction < 1):
+            raise CtxDistillError("select_fraction and test_fraction must be in (0, 1) and leave tasks for training "
+                                  f"(got {self.select_fraction} and {self.test_fraction}).")
+        if self.offline_fraction > 1:
+            raise CtxDistillError(f"offline_fraction is a share of steps, between 0 and 1; got {self.offline_fraction}.")
         if self.scratchpad and not self.answer_delimiter.strip():
             raise CtxDistillError("scratchpad needs a non-empty answer_delimiter.")
         objective = self.build_objective()  # refuses unknown terms, bad weights, supports and tails

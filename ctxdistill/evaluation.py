@@ -88,15 +88,16 @@ def evaluate(model, tokenizer, context, qa: list[dict], retention: list[dict] | 
                                                                        teacher_model=teacher_model,
                                                                        initial_model=initial_model)}
     if retention:
-        rq = [x["q"] for x in retention]
-        ret = {"base": answers(model, tokenizer, rq, None, False, max_new_tokens)}
+        probe = DriftProbe(model, tokenizer, retention, max_new_tokens)  # the base: the adapter switched off
+        ret, drift = {"base": probe.initial_answers}, {"base": 0.0}
         if initial_model is not None:
-            ret["initial"] = answers(initial_model, tokenizer, rq, None, True, max_new_tokens)
-        ret["student"] = answers(model, tokenizer, rq, None, True, max_new_tokens)
-        result["retention"] = {
-            "n": len(retention), "questions": rq, "answers": ret,
-            "accuracy": {k: sum(contains_any(a, x["a"]) for a, x in zip(v, retention)) for k, v in ret.items()},
-        }
+            kept = probe.measure(initial_model)
+            ret["initial"], drift["initial"] = kept["answers"], kept["kl_to_initial"]
+        kept = probe.measure(model)
+        ret["student"], drift["student"] = kept["answers"], kept["kl_to_initial"]
+        result["retention"] = {"n": len(retention), "questions": [x["q"] for x in retention], "answers": ret,
+                               "accuracy": {k: score(v, retention) for k, v in ret.items()},
+                               "kl_to_base": drift}
     return result
 
 
@@ -110,8 +111,11 @@ def results_table(result: dict) -> str:
     lines.append(f"| student (distilled) | no | {acc['student']}/{n} | {kl['student']:.3f} |")
     if "retention" in result:
         r = result["retention"]
-        lines += ["", "| retention (general questions, no context) | accuracy |", "|---|---|"]
-        lines += [f"| {name} | {r['accuracy'][name]}/{r['n']} |" for name in r["accuracy"]]
+        lines += ["", "| retention (general questions, no context) | accuracy | KL(base ‖ model) per token, on the "
+                  "base's answers |", "|---|---|---|"]
+        lines += [f"| {name} | {r['accuracy'][name]}/{r['n']} | "
+                  + (f"{r['kl_to_base'][name]:.4f}" if name in r.get("kl_to_base", {}) else "-") + " |"
+                  for name in r["accuracy"]]
     return "\n".join(lines)
 
 

@@ -18,9 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-from accelerate import Accelerator
-
 from ctxdistill import CtxDistillError
 from ctxdistill.artifacts import save_adapter, sha256_text, write_manifest
 from ctxdistill.config import DistillConfig
@@ -28,15 +25,14 @@ from ctxdistill.documents import read_documents
 from ctxdistill.evaluation import DriftProbe, answers, score
 from ctxdistill.io import atomic_write_text, read_jsonl, read_qa, write_jsonl
 from ctxdistill.losses import DistillLoss, collate_pairs
-from ctxdistill.models import add_lora, bf16_supported, default_device, enable_gradient_checkpointing, load_model
+from ctxdistill.models import add_lora, enable_gradient_checkpointing, load_model
 from ctxdistill.objectives import Objective
 from ctxdistill.pairs import Context, Pair
+from ctxdistill.runs import (BUNDLED_RETENTION, make_accelerator, prepare_out_dir, training_fingerprint_config,
+                             weights_dtype)
 from ctxdistill.splits import TokenizedDoc, tokenize_document
 from ctxdistill.teacher import Teacher
 from ctxdistill.training import TrainSettings, total_steps_for, train
-
-BUNDLED_RETENTION = Path(__file__).resolve().parent / "data" / "retention.json"
-
 
 @dataclass
 class DocMethod:
@@ -89,18 +85,9 @@ def run_stream(cfg: DistillConfig, method: DocMethod, docs_file: str, out_dir: s
     retention = read_qa(retention_file or BUNDLED_RETENTION, "--retention")
     out = Path(out_dir)
 
-    device = torch.device(cfg.device) if cfg.device else default_device()
-    mixed = "bf16" if cfg.dtype in ("auto", "bf16", "bfloat16") and bf16_supported(device) else "no"
-    accelerator = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
-    if accelerator.is_main_process:
-        if out.exists() and any(out.iterdir()) and not resume:
-            raise CtxDistillError(f"{out} already holds a run. Pass --resume to continue it, or choose a new --out "
-                                  "(nothing was overwritten).")
-        out.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-
-    weights_dtype = "float32" if cfg.finetune == "full" and mixed == "bf16" else cfg.dtype
-    model, tokenizer, base_path = load_model(cfg.model, weights_dtype, accelerator.device)
+    accelerator = make_accelerator(cfg)
+    prepare_out_dir(accelerator, out, resume)
+    model, tokenizer, base_path = load_model(cfg.model, weights_dtype(cfg, accelerator), accelerator.device)
     window = getattr(model.config, "max_position_embeddings", None) or 2048
     window = min(window, cfg.max_seq_len) if cfg.max_seq_len else window
 
@@ -161,9 +148,7 @@ def run_stream(cfg: DistillConfig, method: DocMethod, docs_file: str, out_dir: s
                       "retention": score(probe.initial_answers, retention), "retention_n": len(retention),
                       "kl_to_initial": 0.0, "retention_answers": probe.initial_answers}
         curve = [base_point]
-    defaults = DistillConfig().to_dict()
-    budget_free = {k: v for k, v in cfg.to_dict().items()
-                   if k not in ("max_minutes", "checkpoint_every") and v != defaults[k]}
+    budget_free = training_fingerprint_config(cfg)
     results, seen, steps = [], set(), 0
     for n, batch in enumerate(batches):
         examples = [DocStep(d.id, method.pairs_for(d, _doc_rng(cfg.seed, d.id, e), window))

@@ -113,8 +113,9 @@ def load_teacher_model(name: str, student_tokenizer, dtype: str, device):
 class Teacher:
     """Scores views with frozen weights: the adapter-disabled student, a frozen copy, or another model."""
 
-    def __init__(self, student, frozen_copy: bool = False, other=None):
+    def __init__(self, student, frozen_copy: bool = False, other=None, live: bool = False):
         self.student = student
+        self.live = live  # the student's current weights, adapter on (no gradient flows through the teacher)
         self.copy = None
         if other is not None:
             self.copy = base_model(other).eval().requires_grad_(False)
@@ -134,8 +135,8 @@ class Teacher:
         was_training = model.training
         model.eval()
         try:
-            with self.student.disable_adapter() if self.copy is None and hasattr(self.student, "disable_adapter") \
-                    else nullcontext():
+            with self.student.disable_adapter() if self.copy is None and not self.live and \
+                    hasattr(self.student, "disable_adapter") else nullcontext():
                 yield
         finally:
             model.train(was_training)

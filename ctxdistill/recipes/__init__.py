@@ -1,7 +1,7 @@
 """One file per method; each exposes `run(cfg, **inputs)` and its config `DEFAULTS`."""
 
 DOC_RECIPES = ("disc", "finetune", "finetune-kl", "lora-finetune")  # learn from --docs
-RECIPES = ("offline", *DOC_RECIPES)
+RECIPES = ("offline", "onpolicy", *DOC_RECIPES)
 
 
 def recipe_defaults(name: str) -> dict:
@@ -10,6 +10,10 @@ def recipe_defaults(name: str) -> dict:
         from ctxdistill.recipes import disc
 
         return dict(disc.DEFAULTS)
+    if name == "onpolicy":
+        from ctxdistill.recipes import onpolicy
+
+        return dict(onpolicy.DEFAULTS)
     if name in DOC_RECIPES:
         from ctxdistill.recipes import baselines
 

@@ -20,35 +20,22 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import torch
-from accelerate import Accelerator
-
 from ctxdistill import CtxDistillError
 from ctxdistill.artifacts import save_adapter, sha256_text, write_manifest, write_report
 from ctxdistill.config import DistillConfig
 from ctxdistill.evaluation import evaluate, results_table
 from ctxdistill.generation import MergedCopy, generate, stop_token_ids
-from ctxdistill.io import (atomic_write_json, read_context, read_jsonl, read_prompts, read_qa, read_qa_items,
-                           write_jsonl)
+from ctxdistill.io import atomic_write_json, read_context, read_prompts, read_qa, read_qa_items
 from ctxdistill.losses import DistillLoss, collate_pairs
-from ctxdistill.models import (add_lora, bf16_supported, default_device, enable_gradient_checkpointing, load_adapter,
-                               load_model)
+from ctxdistill.models import add_lora, enable_gradient_checkpointing, load_adapter, load_model
 from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
 from ctxdistill.queries import synthesize_queries
+from ctxdistill.runs import (BUNDLED_RETENTION, main_process_writes, make_accelerator, prepare_out_dir,
+                             training_fingerprint_config, weights_dtype)
 from ctxdistill.sources import context_source, examples_source
 from ctxdistill.teacher import Teacher, encode_prefix, load_teacher_model, shared_prefix_len
 from ctxdistill.topk_cache import TopKCache, build_topk_cache
 from ctxdistill.training import TrainSettings, total_steps_for, train
-
-BUNDLED_RETENTION = Path(__file__).resolve().parent.parent / "data" / "retention.json"
-
-
-def prepare_out_dir(out: Path, resume: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise CtxDistillError(f"{out} already holds a run. Pass --resume to continue it, or choose a new --out "
-                              "(nothing was overwritten).")
-    out.mkdir(parents=True, exist_ok=True)
-
 
 DATA_KEYS = ("model", "teacher", "context_kind", "mode", "num_examples", "example_sets", "scratchpad",
              "answer_delimiter", "scratchpad_instruction", "num_queries", "query_temperature", "samples_per_query",
@@ -65,14 +52,6 @@ def check_data_fingerprint(out: Path, fingerprint: dict) -> None:
                                   "settings changed). Resume with the same inputs, or choose a new --out.")
     else:
         atomic_write_json(path, fingerprint)
-
-
-def main_process_writes(accelerator, path: Path, make_rows) -> list:
-    """Rows cached at `path`: made once by the main process (or read back on resume), then read by all."""
-    if accelerator.is_main_process and not path.exists():
-        write_jsonl(path, make_rows())
-    accelerator.wait_for_everyone()
-    return read_jsonl(path, str(path))
 
 
 def make_teacher(cfg: DistillConfig, objective, student, other, pairs, pad_id: int, out: Path, accelerator,
@@ -149,20 +128,16 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
     examples = examples_source(examples_file, cfg.num_examples, cfg.context_kind) if examples_file else None
     if not contexts and examples is None:
         raise CtxDistillError("Nothing to distill: give --context FILE (one or more) and/or --examples FILE.")
+    if cfg.teacher == "live":
+        raise CtxDistillError("teacher=live (the current student as its own teacher) is for the onpolicy recipe; "
+                              "offline samples are written before training, by a fixed teacher.")
     given_prompts = read_prompts(prompts_file) if prompts_file else None
     retention = read_qa(retention_file or BUNDLED_RETENTION, "--retention")
     out = Path(out_dir)
 
-    device = torch.device(cfg.device) if cfg.device else default_device()
-    mixed = "bf16" if cfg.dtype in ("auto", "bf16", "bfloat16") and bf16_supported(device) else "no"
-    accelerator = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
-    if accelerator.is_main_process:
-        prepare_out_dir(out, resume)
-    accelerator.wait_for_everyone()
-
-    # Full fine-tuning keeps fp32 master weights (bf16 comes from autocast); LoRA freezes the base, so bf16 is sound.
-    weights_dtype = "float32" if cfg.finetune == "full" and mixed == "bf16" else cfg.dtype
-    model, tokenizer, base_path = load_model(cfg.model, weights_dtype, accelerator.device)
+    accelerator = make_accelerator(cfg)
+    prepare_out_dir(accelerator, out, resume)
+    model, tokenizer, base_path = load_model(cfg.model, weights_dtype(cfg, accelerator), accelerator.device)
     header = assistant_header(tokenizer)
     window = getattr(model.config, "max_position_embeddings", None)
     sources = load_sources(cfg, contexts, examples, tokenizer, window)
@@ -279,11 +254,7 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
             earlier = [i for st in own[:n] for i in st]
             k = min(len(earlier), round(cfg.replay * len(own[n])))
             stages[n] = own[n] + random.Random(cfg.seed + n).sample(earlier, k)
-    # What a checkpoint must agree on: the settings that shape training, leaving out the budget and those at their
-    # defaults (so a config key added by a later version does not orphan existing checkpoints).
-    defaults = DistillConfig().to_dict()
-    budget_free = {k: v for k, v in cfg.to_dict().items()
-                   if k not in ("max_minutes", "checkpoint_every") and v != defaults[k]}
+    budget_free = training_fingerprint_config(cfg)
     results = []
     for n, stage in enumerate(stages):
         stage_pairs = [pairs[i] for i in stage]

@@ -1,0 +1,149 @@
+"""The onpolicy recipe (OPCD) and `ctxdistill experience` end to end on tiny models: the student's own samples,
+offline mixing, live and cross-size teachers, the forgetting report, checkers and the three experience accuracies."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli, tiny_llama
+from ctxdistill import CtxDistillError
+from ctxdistill.checkers import load_checker
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+TINY = ["--set", "max_new_tokens=8", "--set", "eval_max_new_tokens=4", "--set", "max_steps=2",
+        "--set", "batch_size=4", "--set", "micro_batch_size=2", "--set", "top_k=16"]
+
+
+def onpolicy(model_dir, persona_files, out, *extra):
+    return run_cli("distill", "onpolicy", "--model", str(model_dir), "--context", str(persona_files["context"]),
+                   "--prompts", str(persona_files["prompts"]), "--out", str(out), *TINY, *extra)
+
+
+def test_onpolicy_trains_on_the_students_own_samples_and_reports_forgetting(tiny_model_dir, persona_files, tmp_path):
+    done = onpolicy(tiny_model_dir, persona_files, tmp_path / "run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    m = manifest["metrics"]
+    assert manifest["recipe"] == "onpolicy" and m["train_steps"] == 2
+    assert m["student_samples"] == 8 and m["teacher_samples"] == 0  # 2 steps × 4 queries, all the student's own
+    cfg = manifest["config"]
+    assert (cfg["objective"], cfg["top_k_support"], cfg["top_k_tail"]) == ("reverse_kl", "student", "renorm")
+    retention = m["evaluation"]["retention"]
+    assert retention["kl_to_base"]["base"] == 0.0 and retention["kl_to_base"]["student"] >= 0.0
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "KL(base ‖ model)" in report and "| student (distilled) | no |" in report
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "run" / "adapter")
+
+
+def test_offline_fraction_one_trains_on_teacher_samples_only(tiny_model_dir, persona_files, tmp_path):
+    done = onpolicy(tiny_model_dir, persona_files, tmp_path / "run", "--set", "offline_fraction=1.0",
+                    "--set", "objective=forward_kl")
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())["metrics"]
+    assert m["teacher_samples"] == 8 and m["student_samples"] == 0
+
+
+@pytest.fixture(scope="module")
+def bigger_teacher_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("bigger")
+    tiny_llama(tokenizer, hidden=96, layers=3, seed=1).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_a_bigger_teacher_with_the_same_tokenizer_teaches_a_smaller_student(tiny_model_dir, bigger_teacher_dir,
+                                                                          persona_files, tmp_path):
+    done = onpolicy(tiny_model_dir, persona_files, tmp_path / "run", "--teacher", str(bigger_teacher_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["config"]["teacher"] == str(bigger_teacher_dir)
+    assert "teacher model + context" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_teacher_with_another_tokenizer_is_refused(tiny_model_dir, persona_files, tmp_path, tokenizer):
+    other = tmp_path / "other"
+    tiny_llama(tokenizer).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    config = json.loads((other / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (other / "tokenizer_config.json").write_text(json.dumps(config))
+    (other / "chat_template.jinja").unlink(missing_ok=True)
+    done = onpolicy(tiny_model_dir, persona_files, tmp_path / "run", "--teacher", str(other))
+    assert done.returncode == 2 and "tokenizers do not match" in done.stderr
+
+
+def test_live_teacher_runs_and_needs_lora(tiny_model_dir, persona_files, tmp_path):
+    done = onpolicy(tiny_model_dir, persona_files, tmp_path / "live", "--teacher", "live")
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = onpolicy(tiny_model_dir, persona_files, tmp_path / "full", "--teacher", "live", "--set", "finetune=full")
+    assert done.returncode == 2 and "finetune=lora" in done.stderr
+
+
+def test_live_teacher_scores_with_the_adapter_on(tiny_model, tokenizer):
+    from ctxdistill.models import add_lora
+    from ctxdistill.teacher import Teacher
+
+    student = add_lora(tiny_model, r=4, alpha=8)
+    with torch.no_grad():
+        for n, p in student.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.5)
+    ids = torch.tensor([tokenizer("Hello there, friend")["input_ids"]])
+    mask = torch.ones_like(ids)
+    live = Teacher(student, live=True).states(ids, mask)[0]
+    base = Teacher(student).states(ids, mask)[0]
+    with torch.no_grad():
+        on = student.base_model.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(live, on)
+    assert not torch.allclose(live, base)
+
+
+@pytest.mark.parametrize("spec, response, answer, ok", [
+    ("exact", " 42. ", "42", True), ("exact", "42 apples", "42", False),
+    ("contains", "It is Paris.", "paris", True), ("number", "The answer is 1,042.", "1042", True),
+    ("number", "about 41", "42", False), ("regex", "code AB-12", r"[A-Z]{2}-\d+", True),
+])
+def test_checkers(spec, response, answer, ok):
+    assert load_checker(spec)("q", response, answer) is ok
+
+
+def test_a_checker_can_be_a_user_function_and_bad_specs_are_refused():
+    assert load_checker("os.path:isabs")("/x") is True  # any importable callable
+    with pytest.raises(CtxDistillError, match="Unknown checker"):
+        load_checker("fuzzy")
+    with pytest.raises(CtxDistillError, match="Cannot load"):
+        load_checker("no_such_module_xyz:check")
+
+
+def test_experience_runs_end_to_end_and_reports_three_accuracies(tiny_model_dir, tmp_path):
+    out = tmp_path / "exp"
+    done = run_cli("experience", "--model", str(tiny_model_dir), "--tasks", str(EXAMPLES / "arithmetic_tasks.jsonl"),
+                   "--checker", "number", "--out", str(out), "--set", "experience_candidates=2",
+                   "--set", "max_new_tokens=12", "--set", "eval_max_new_tokens=6", "--set", "max_steps=2",
+                   "--set", "batch_size=4", "--set", "micro_batch_size=4", "--set", "top_k=16")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "experience.json").read_text())
+    assert result["splits"] == {"train": 16, "select": 8, "test": 8}
+    assert set(result["test_accuracy"]) == {"without_notes", "notes_in_context", "consolidated_without_notes"}
+    assert result["consolidation"]["train_steps"] == 2 and result["notes"].startswith("- ")
+    notes = json.loads((out / "notes.json").read_text())
+    assert notes["context"] == result["notes"] and len(notes["prompts"]) == 16  # the train tasks are the queries
+    report = (out / "report.md").read_text()
+    assert "| base | no |" in report and "| base | yes |" in report and "| consolidated (onpolicy) | no |" in report
+    assert (out / "consolidated" / "adapter" / "adapter_config.json").exists()
+
+
+def test_experience_refuses_too_few_or_malformed_tasks(tmp_path):
+    from ctxdistill.recipes.experience import read_tasks
+
+    (tmp_path / "few.jsonl").write_text('{"prompt": "1+1?", "answer": 2}\n')
+    with pytest.raises(CtxDistillError, match="at least 6"):
+        read_tasks(tmp_path / "few.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"question": "1+1?"}\n' * 6)
+    with pytest.raises(CtxDistillError, match="prompt"):
+        read_tasks(tmp_path / "bad.jsonl")
