@@ -22,6 +22,7 @@ class DistillConfig:
     device: str = ""  # "" picks cuda when present, else cpu
     context_kind: str = "system"  # system | prefix | document
     mode: str = "sequential"  # several contexts: sequential (one after another) | ensemble (averaged teachers)
+    ensemble_weighting: str = "posterior"  # ensemble: views weighed by p(context | completion so far) | uniform
     replay: float = 1.0  # sequential: each later stage also replays this many × its size of earlier samples
     num_examples: int = 4  # --examples: examples shown to the teacher per query (a fresh subset each time)
     example_sets: int = 1  # --examples: subsets per query whose teacher distributions are averaged
@@ -124,7 +125,8 @@ class DistillConfig:
     def validate(self) -> "DistillConfig":
         choices = {"finetune": ("lora", "full"), "mode": ("sequential", "ensemble"),
                    "context_kind": ("system", "prefix", "document"), "schedule": ("cosine", "linear", "constant"),
-                   "split_strategy": ("random", "middle", "uniform", "token")}
+                   "split_strategy": ("random", "middle", "uniform", "token"),
+                   "ensemble_weighting": ("posterior", "uniform")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise CtxDistillError(f"{key}={getattr(self, key)!r} is not valid; use one of {', '.join(allowed)}.")

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from ctxdistill import CtxDistillError
-from ctxdistill.objectives import Objective, TeacherLogits, TeacherMixture, head_loss, hidden_state_term
+from ctxdistill.objectives import (Objective, TeacherLogits, TeacherMixture, head_loss, hidden_state_term,
+                                   posterior_view_weights, token_logprobs)
 from ctxdistill.pairs import Pair, completion_rows, pad_right
 from ctxdistill.teacher import Teacher, decoder_states, num_layers, output_head
 from ctxdistill.topk_cache import TopKCache
@@ -78,7 +79,7 @@ class DistillLoss(torch.nn.Module):
     `teacher` is a Teacher (live forward, optionally with an encoded prefix), a TopKCache, or None (SFT only)."""
 
     def __init__(self, student, teacher: Teacher | TopKCache | None, objective: Objective | None = None,
-                 chunk_size: int = 256, skip_first: int = 0):
+                 chunk_size: int = 256, skip_first: int = 0, ensemble_weighting: str = "posterior"):
         super().__init__()
         objective = objective or Objective()
         if objective.needs_teacher and teacher is None:
@@ -101,7 +102,9 @@ class DistillLoss(torch.nn.Module):
         if skip_first < 0:
             raise CtxDistillError(f"skip_first must be >= 0, got {skip_first}.")
         self.student, self.teacher, self.objective = student, teacher, objective
-        self.chunk_size, self.skip_first = chunk_size, skip_first
+        if ensemble_weighting not in ("posterior", "uniform"):
+            raise CtxDistillError(f"ensemble_weighting must be posterior or uniform, got {ensemble_weighting!r}.")
+        self.chunk_size, self.skip_first, self.ensemble_weighting = chunk_size, skip_first, ensemble_weighting
 
     def tokens_in(self, pair: Pair) -> int:
         """Loss rows a pair contributes: the per-token average divides by their sum."""
@@ -129,7 +132,12 @@ class DistillLoss(torch.nn.Module):
                 for ids, mask, rows in batch.extra_views:
                     final, _, off = self.teacher.states(ids, mask)
                     hiddens.append(final[rows[0], rows[1] - off])
-                teacher_rows = TeacherMixture(hiddens, self.teacher.head, batch.view_weights)
+                weights = batch.view_weights
+                if self.ensemble_weighting == "posterior":  # each view weighed by how well it explains y_<t
+                    logp = torch.stack([token_logprobs(h, self.teacher.head, batch.labels, self.chunk_size)
+                                        for h in hiddens], 1)
+                    weights = posterior_view_weights(weights, logp, batch.student_rows[0])
+                teacher_rows = TeacherMixture(hiddens, self.teacher.head, weights)
         loss = head_loss(s_rows, output_head(self.student), teacher_rows if obj.needs_teacher_logits else None,
                          batch.labels, obj, self.chunk_size) if obj.terms else s_rows.sum() * 0.0
         if with_layers:

@@ -107,6 +107,28 @@ class TeacherTopK:
         return TeacherTopK(self.ids[start:end], self.logp[start:end])
 
 
+@torch.no_grad()
+def token_logprobs(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
+                   chunk_size: int = 256) -> torch.Tensor:
+    """log p(label) at each row (T=1, fp32), projected chunk by chunk: N."""
+    out = [_project(hidden[s:s + chunk_size], head, torch.float32).log_softmax(-1)
+           .gather(1, labels[s:s + chunk_size, None]).squeeze(1) for s in range(0, hidden.shape[0], chunk_size)]
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def posterior_view_weights(prior: torch.Tensor, token_logp: torch.Tensor, sequence: torch.Tensor) -> torch.Tensor:
+    """Weights of M teacher views at each row: p(view | the completion so far) ∝ prior · Π_{s<t} p_view(y_s).
+
+    prior, token_logp: N × M; sequence: N, which sequence each row belongs to (rows of a sequence contiguous, in
+    order). A completion written under one context soon weighs that context's view most: the mixture is the
+    ensemble's own next-token distribution given the prefix, not an average that forgets what was already said."""
+    _, counts = torch.unique_consecutive(sequence, return_counts=True)
+    starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    before = torch.cumsum(token_logp, 0) - token_logp  # Σ over earlier rows, all sequences
+    within = before - before[starts]  # ... of this sequence only
+    return torch.softmax(prior.clamp_min(1e-30).log() + within, dim=1) * (prior > 0)
+
+
 # ---- divergences between aligned log-prob vectors (last dim = outcomes; `valid` masks outcomes out) ----
 
 def _kl(p_log: torch.Tensor, q_log: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:

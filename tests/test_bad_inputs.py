@@ -600,3 +600,12 @@ def test_disc_config_file_matches_the_recipe_defaults():
     defaults = recipe_defaults("disc")
     assert load_config(str(path), defaults=defaults).to_dict() == load_config(defaults=defaults).to_dict()
     assert load_config(str(path)).to_dict() == load_config(defaults=defaults).to_dict()
+
+
+def test_onpolicy_config_file_matches_the_recipe_defaults():
+    from ctxdistill.config import load_config
+    from ctxdistill.recipes import recipe_defaults
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "onpolicy.yaml"
+    defaults = recipe_defaults("onpolicy")
+    assert load_config(str(path)).to_dict() == load_config(defaults=defaults).to_dict()

@@ -249,3 +249,43 @@ def test_cache_with_student_support_and_sampled_term_without_teacher_logits_are_
         head_loss(s_h, s_head, TeacherTopK(ids, vals), labels, Objective({"sampled_kl": 1.0}, top_k=4))
     with pytest.raises(CtxDistillError, match="misaligned"):
         head_loss(s_h[:3], s_head, TeacherLogits(t_h, t_head), None, Objective())
+
+
+def test_posterior_view_weights_follow_how_well_each_view_explains_the_completion_so_far():
+    from ctxdistill.objectives import posterior_view_weights
+
+    prior = torch.tensor([[0.5, 0.5]] * 5)
+    # two sequences (3 rows, 2 rows); view 0 explains the tokens well (log p = -0.1), view 1 badly (-3)
+    logp = torch.tensor([[-0.1, -3.0]] * 5)
+    sequence = torch.tensor([0, 0, 0, 1, 1])
+    w = posterior_view_weights(prior, logp, sequence)
+    expected = []
+    for seq_rows in ([0, 1, 2], [3, 4]):
+        for t, _ in enumerate(seq_rows):  # p(view | y_<t) ∝ prior · exp(Σ_{s<t} log p_view(y_s))
+            scores = torch.tensor([0.5 * math.exp(-0.1 * t), 0.5 * math.exp(-3.0 * t)])
+            expected.append(scores / scores.sum())
+    torch.testing.assert_close(w, torch.stack(expected))
+    assert w[0].tolist() == [0.5, 0.5] and w[3].tolist() == [0.5, 0.5]  # each sequence starts from the prior
+    assert w[2, 0] > 0.99
+    # a padded view (prior 0) never gets weight
+    w = posterior_view_weights(torch.tensor([[1.0, 0.0]] * 2), logp[:2], torch.tensor([0, 0]))
+    assert w[:, 1].tolist() == [0.0, 0.0]
+
+
+def test_ensemble_loss_uses_posterior_weights_by_default(tokenizer):
+    """An ensemble pair: with posterior weighting the target is the mixture under p(view | y_<t); uniform differs."""
+    from conftest import tiny_llama
+    from ctxdistill.losses import DistillLoss, collate_pairs
+    from ctxdistill.models import add_lora
+    from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
+    from ctxdistill.teacher import Teacher
+
+    student = add_lora(tiny_llama(tokenizer), r=4, alpha=8)
+    header = assistant_header(tokenizer)
+    y = tokenizer("I am Zorblax from Fernhollow.")["input_ids"]
+    views = [render_prompt(tokenizer, "Who are you?", Context(c)) for c in ("Your name is Zorblax.", "Be terse.")]
+    pair = build_pair(views[0], render_prompt(tokenizer, "Who are you?"), y, header, more_teacher_prompts=views[1:])
+    batch = collate_pairs([pair], tokenizer.pad_token_id)
+    posterior = DistillLoss(student, Teacher(student))(batch)[0]
+    uniform = DistillLoss(student, Teacher(student), ensemble_weighting="uniform")(batch)[0]
+    assert torch.isfinite(posterior) and not torch.isclose(posterior, uniform)

@@ -131,7 +131,7 @@ def test_views_of_unequal_count_mix_with_their_own_weights(tokenizer, tiny_model
     torch.testing.assert_close(together, apart, rtol=1e-4, atol=1e-5)
 
 
-def test_an_ensemble_of_teacher_views_is_the_average_of_their_distributions(tokenizer, tiny_model):
+def test_an_ensemble_of_teacher_views_is_their_mixture_weighted_uniformly_or_by_posterior(tokenizer, tiny_model):
     header = assistant_header(tokenizer)
     contexts = [Context("Your name is Pip."), Context("Your name is Quibble, and you are a fox.")]
     prompts = [render_prompt(tokenizer, "Who are you?", c) for c in contexts]
@@ -140,17 +140,25 @@ def test_an_ensemble_of_teacher_views_is_the_average_of_their_distributions(toke
     assert len(pair.teacher_views) == 2
     batch = collate_pairs([pair], tokenizer.pad_token_id)
     teacher = Teacher(tiny_model, frozen_copy=True)
-    ours = DistillLoss(tiny_model, teacher, Objective())(batch)[0]
-    # Naive: average the two teacher distributions over the full logits, then KL(mixture ‖ student).
+    uniform = DistillLoss(tiny_model, teacher, Objective(), ensemble_weighting="uniform")(batch)[0]
+    posterior = DistillLoss(tiny_model, teacher, Objective())(batch)[0]
+    # Naive: mix the two teacher distributions over the full logits, then KL(mixture ‖ student).
     with torch.no_grad():
         probs = []
         for ids, n in pair.teacher_views:
             logits = tiny_model(input_ids=torch.tensor([ids])).logits[0, n - 1:n - 1 + len(y)]
             probs.append(torch.softmax(logits.double(), -1))
-        mix = (probs[0] + probs[1]) / 2
         s_logits = tiny_model(input_ids=torch.tensor([pair.student_ids])).logits[0, pair.student_prompt_len - 1:-1]
-        ref = (mix * (mix.log() - torch.log_softmax(s_logits.double(), -1))).sum()
-    torch.testing.assert_close(ours.double(), ref, rtol=1e-4, atol=1e-4)
+        s_log = torch.log_softmax(s_logits.double(), -1)
+        mix = (probs[0] + probs[1]) / 2
+        ref_uniform = (mix * (mix.log() - s_log)).sum()
+        # posterior: view i weighs p_i(y_0) · ... · p_i(y_{t-1}) at row t (equal priors)
+        tok = torch.stack([p[torch.arange(len(y)), torch.tensor(y)].log() for p in probs], 1)  # rows × views
+        w = torch.softmax(torch.cumsum(tok, 0) - tok, dim=1)
+        mix = w[:, :1] * probs[0] + w[:, 1:] * probs[1]
+        ref_posterior = (mix * (mix.log() - s_log)).sum()
+    torch.testing.assert_close(uniform.double(), ref_uniform, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(posterior.double(), ref_posterior, rtol=1e-4, atol=1e-4)
 
 
 def test_a_context_longer_than_the_window_is_split_into_parts_that_fit(tokenizer):

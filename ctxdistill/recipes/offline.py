@@ -265,7 +265,8 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
         tag = f"_stage{n}" if len(stages) > 1 else ""
         teacher = make_teacher(cfg, objective, student, other, stage_pairs, tokenizer.pad_token_id, out,
                                accelerator, tag)
-        loss_module = DistillLoss(student, teacher, objective, cfg.chunk_size, cfg.skip_first)
+        loss_module = DistillLoss(student, teacher, objective, cfg.chunk_size, cfg.skip_first,
+                                  cfg.ensemble_weighting)
         settings = _settings(cfg, deadline)
         fingerprint = hashlib.sha256(json.dumps([budget_free, n, [samples[i] for i in stage] if not cfg.scratchpad
                                                  else stage, init_adapter]).encode()).hexdigest()

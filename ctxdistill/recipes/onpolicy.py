@@ -35,9 +35,10 @@ from ctxdistill.runs import (BUNDLED_RETENTION, main_process_writes, make_accele
 from ctxdistill.teacher import Teacher, load_teacher_model, shared_prefix_len
 from ctxdistill.training import TrainSettings, train
 
+# Steps rather than epochs: every step draws fresh samples, so a short query list can be revisited many times.
 DEFAULTS = {"objective": "reverse_kl", "top_k": 256, "top_k_support": "student", "top_k_tail": "renorm",
             "sample_temperature": 1.0, "max_new_tokens": 64, "batch_size": 16, "micro_batch_size": 16,
-            "epochs": 4.0, "lr": 1e-3}
+            "max_steps": 80, "lr": 1e-3, "warmup_ratio": 0.05}
 
 
 def run(cfg: DistillConfig, context_file: str, prompts_file: str | None, out_dir: str, resume: bool = False,
