@@ -44,6 +44,16 @@ def save_adapter(peft_model, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def save_trained(student, tokenizer, out: Path, finetune: str) -> Path:
+    """OUT/adapter (plain PEFT) for LoRA, OUT/model (plain transformers, with its tokenizer) for full fine-tuning."""
+    if finetune == "lora":
+        save_adapter(student, out / "adapter")
+        return out / "adapter"
+    save_adapter(student, out / "model")
+    tokenizer.save_pretrained(out / "model")
+    return out / "model"
+
+
 def write_manifest(out: Path, manifest: dict) -> None:
     atomic_write_json(out / "manifest.json", {**manifest, "versions": versions()})
 

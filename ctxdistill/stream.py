@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from ctxdistill import CtxDistillError
-from ctxdistill.artifacts import save_adapter, sha256_text, write_manifest
+from ctxdistill.artifacts import save_trained, sha256_text, write_manifest
 from ctxdistill.config import DistillConfig
 from ctxdistill.documents import read_documents
 from ctxdistill.evaluation import DriftProbe, answers, score
@@ -178,11 +178,7 @@ def run_stream(cfg: DistillConfig, method: DocMethod, docs_file: str, out_dir: s
     summary = {}
     if accelerator.is_main_process:
         student.eval()
-        if cfg.finetune == "lora":
-            save_adapter(student, out / "adapter")
-        else:
-            save_adapter(student, out / "model")
-            tokenizer.save_pretrained(out / "model")
+        save_trained(student, tokenizer, out, cfg.finetune)
         history = [loss for r in results for loss in r.loss_history]
         metrics = {"train_steps": steps, "total_steps": sum(r.total_steps for r in results),
                    "stopped_by_budget": any(r.stopped_by_budget for r in results),

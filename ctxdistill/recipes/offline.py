@@ -21,7 +21,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ctxdistill import CtxDistillError
-from ctxdistill.artifacts import save_adapter, sha256_text, write_manifest, write_report
+from ctxdistill.artifacts import save_trained, sha256_text, write_manifest, write_report
 from ctxdistill.config import DistillConfig
 from ctxdistill.evaluation import evaluate, results_table
 from ctxdistill.generation import MergedCopy, generate, stop_token_ids
@@ -283,11 +283,7 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
     summary = None
     if accelerator.is_main_process:
         student.eval()
-        if cfg.finetune == "lora":
-            save_adapter(student, out / "adapter")
-        else:
-            save_adapter(student, out / "model")
-            tokenizer.save_pretrained(out / "model")
+        save_trained(student, tokenizer, out, cfg.finetune)
         t_eval = time.time()
         evaluation = evaluate(student, tokenizer, qa_contexts, qa, retention, cfg.eval_max_new_tokens,
                               teacher_model=other, initial_model=initial) \

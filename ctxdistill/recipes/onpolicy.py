@@ -21,7 +21,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ctxdistill import CtxDistillError
-from ctxdistill.artifacts import save_adapter, sha256_text, write_manifest, write_report
+from ctxdistill.artifacts import save_trained, sha256_text, write_manifest, write_report
 from ctxdistill.config import DistillConfig
 from ctxdistill.evaluation import evaluate, results_table
 from ctxdistill.generation import MergedCopy, generate
@@ -38,7 +38,7 @@ from ctxdistill.training import TrainSettings, train
 # Steps rather than epochs: every step draws fresh samples, so a short query list can be revisited many times.
 DEFAULTS = {"objective": "reverse_kl", "top_k": 256, "top_k_support": "student", "top_k_tail": "renorm",
             "sample_temperature": 1.0, "max_new_tokens": 64, "batch_size": 16, "micro_batch_size": 16,
-            "max_steps": 80, "lr": 1e-3, "warmup_ratio": 0.05}
+            "max_steps": 110, "lr": 2e-3, "warmup_ratio": 0.05}
 
 
 def run(cfg: DistillConfig, context_file: str, prompts_file: str | None, out_dir: str, resume: bool = False,
@@ -142,11 +142,7 @@ def run(cfg: DistillConfig, context_file: str, prompts_file: str | None, out_dir
     summary = {}
     if accelerator.is_main_process:
         student.eval()
-        if cfg.finetune == "lora":
-            save_adapter(student, out / "adapter")
-        else:
-            save_adapter(student, out / "model")
-            tokenizer.save_pretrained(out / "model")
+        save_trained(student, tokenizer, out, cfg.finetune)
         t_eval = time.time()
         evaluation = evaluate(student, tokenizer, context, qa, retention, cfg.eval_max_new_tokens,
                               teacher_model=other) if qa and cfg.finetune == "lora" else None
