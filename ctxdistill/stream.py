@@ -110,7 +110,8 @@ def run_stream(cfg: DistillConfig, method: DocMethod, docs_file: str, out_dir: s
     # Before any update: the initial model's answers, closed-book and open-book, and the forgetting probe.
     model.eval()
     probe = DriftProbe(model, tokenizer, retention, cfg.eval_max_new_tokens)
-    all_qa = [(doc_id, x) for doc_id, items in qa_by_doc.items() for x in items]
+    used = {d.id for d in tokenized} | {"*"}  # questions about a skipped document are not asked
+    all_qa = [(doc_id, x) for doc_id, items in qa_by_doc.items() if doc_id in used for x in items]
     questions = [x["q"] for _, x in all_qa]
     reference = {}
     if all_qa:
