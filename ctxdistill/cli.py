@@ -194,11 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval", default=None, help="QA JSON for the before/after report (default: the context's \"eval\")")
     d.add_argument("--retention", default=None, help="QA JSON of general questions (default: a bundled set)")
     d.add_argument("--docs", default=None,
-                   help="disc and baselines: .jsonl/.json of {\"id\", \"text\", optional \"qa\"}, or a folder of .txt/.md")
+                   help="disc and baselines: .jsonl/.json of {\"id\", \"text\", optional \"qa\"}, or a folder of "
+                        ".txt/.md")
     d.add_argument("--stream", action="store_true",
                    help="disc and baselines: documents arrive in order, docs_per_batch at a time, evaluated after each")
     d.add_argument("--qa", default=None,
-                   help="disc and baselines: more QA, {\"q\", \"a\", optional \"doc\": id} (documents' own \"qa\" are used too)")
+                   help="disc and baselines: more QA, {\"q\", \"a\", optional \"doc\": id} (documents' own \"qa\" "
+                        "are used too)")
     d.set_defaults(func=_cmd_distill)
 
     x = sub.add_parser("experience", help="solve tasks, write notes from the traces, keep the best, consolidate")

@@ -74,7 +74,7 @@ class DistillConfig:
     max_new_tokens: int = 96
     gen_batch_size: int = 64
     # documents (disc and its baselines)
-    split_strategy: str = "random"  # random (several sentence boundaries + the last sentence) | middle | uniform | token
+    split_strategy: str = "random"  # random (sentence boundaries + the last sentence) | middle | uniform | token
     splits_per_doc: int = 4  # (prefix, suffix) splits per document per step
     max_suffix_tokens: int = 0  # 0: the rest of the document, up to half the window
     max_seq_len: int = 0  # 0: the model's window
@@ -154,7 +154,7 @@ class DistillConfig:
             raise CtxDistillError("select_fraction and test_fraction must be in (0, 1) and leave tasks for training "
                                   f"(got {self.select_fraction} and {self.test_fraction}).")
         if self.offline_fraction > 1:
-            raise CtxDistillError(f"offline_fraction is a share of steps, between 0 and 1; got {self.offline_fraction}.")
+            raise CtxDistillError(f"offline_fraction is a share of steps, in [0, 1]; got {self.offline_fraction}.")
         if self.scratchpad and not self.answer_delimiter.strip():
             raise CtxDistillError("scratchpad needs a non-empty answer_delimiter.")
         objective = self.build_objective()  # refuses unknown terms, bad weights, supports and tails

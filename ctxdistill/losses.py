@@ -106,10 +106,6 @@ class DistillLoss(torch.nn.Module):
             raise CtxDistillError(f"ensemble_weighting must be posterior or uniform, got {ensemble_weighting!r}.")
         self.chunk_size, self.skip_first, self.ensemble_weighting = chunk_size, skip_first, ensemble_weighting
 
-    def tokens_in(self, pair: Pair) -> int:
-        """Loss rows a pair contributes: the per-token average divides by their sum."""
-        return max(0, pair.completion_len - self.skip_first)
-
     def forward(self, batch: PairBatch):
         device = next(self.student.parameters()).device
         batch = batch.to(device)

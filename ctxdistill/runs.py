@@ -9,7 +9,8 @@ from accelerate import Accelerator
 
 from ctxdistill import CtxDistillError
 from ctxdistill.io import read_jsonl, write_jsonl
-from ctxdistill.models import bf16_supported, default_device
+from ctxdistill.models import bf16_supported, default_device, load_model
+from ctxdistill.training import TrainSettings
 
 BUNDLED_RETENTION = Path(__file__).resolve().parent / "data" / "retention.json"
 
@@ -21,9 +22,15 @@ def make_accelerator(cfg) -> Accelerator:
     return Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
 
 
-def weights_dtype(cfg, accelerator: Accelerator) -> str:
-    """Full fine-tuning keeps fp32 master weights (bf16 comes from autocast); LoRA freezes the base, so bf16 is sound."""
-    return "float32" if cfg.finetune == "full" and accelerator.mixed_precision == "bf16" else cfg.dtype
+def open_run(cfg, out: Path, resume: bool):
+    """(accelerator, model, tokenizer, resolved model path) of a training run whose output folder is checked first.
+
+    Full fine-tuning keeps fp32 master weights (bf16 comes from autocast); LoRA freezes the base, so bf16 is sound."""
+    accelerator = make_accelerator(cfg)
+    prepare_out_dir(accelerator, out, resume)
+    dtype = "float32" if cfg.finetune == "full" and accelerator.mixed_precision == "bf16" else cfg.dtype
+    model, tokenizer, path = load_model(cfg.model, dtype, accelerator.device)
+    return accelerator, model, tokenizer, path
 
 
 def prepare_out_dir(accelerator: Accelerator, out: Path, resume: bool) -> None:
@@ -41,6 +48,15 @@ def main_process_writes(accelerator: Accelerator, path: Path, make_rows) -> list
         write_jsonl(path, make_rows())
     accelerator.wait_for_everyone()
     return read_jsonl(path, str(path))
+
+
+def train_settings(cfg, deadline: float | None = None, **overrides) -> TrainSettings:
+    """The loop's settings from a run config; a recipe overrides what it counts differently (e.g. epochs)."""
+    values = {"lr": cfg.learning_rate, "weight_decay": cfg.weight_decay, "warmup_ratio": cfg.warmup_ratio,
+              "schedule": cfg.schedule, "grad_clip": cfg.grad_clip, "epochs": cfg.epochs, "max_steps": cfg.max_steps,
+              "batch_size": cfg.batch_size, "micro_batch_size": cfg.micro_batch_size, "seed": cfg.seed,
+              "checkpoint_every": cfg.checkpoint_every, "deadline": deadline}
+    return TrainSettings(**{**values, **overrides})
 
 
 def training_fingerprint_config(cfg) -> dict:

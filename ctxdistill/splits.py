@@ -44,7 +44,8 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
         end = m.end()
         if not _STARTS_SENTENCE.match(text, end):
             continue
-        if m.group().startswith(".") and len(m.group().rstrip("\"'”’)]")) == 1 and _is_abbreviation(text, m.start() + 1):
+        single_period = m.group().rstrip("\"'”’)]") == "."
+        if single_period and _is_abbreviation(text, m.start() + 1):
             continue
         cuts.add(end)
     cuts.update(m.start() for m in _PARAGRAPH.finditer(text))

@@ -25,14 +25,13 @@ from ctxdistill.documents import read_documents
 from ctxdistill.evaluation import DriftProbe, answers, score
 from ctxdistill.io import atomic_write_text, read_jsonl, read_qa, write_jsonl
 from ctxdistill.losses import DistillLoss, collate_pairs
-from ctxdistill.models import add_lora, enable_gradient_checkpointing, load_model
+from ctxdistill.models import add_lora, enable_gradient_checkpointing
 from ctxdistill.objectives import Objective
 from ctxdistill.pairs import Context, Pair
-from ctxdistill.runs import (BUNDLED_RETENTION, make_accelerator, prepare_out_dir, training_fingerprint_config,
-                             weights_dtype)
+from ctxdistill.runs import BUNDLED_RETENTION, open_run, train_settings, training_fingerprint_config
 from ctxdistill.splits import TokenizedDoc, tokenize_document
 from ctxdistill.teacher import Teacher
-from ctxdistill.training import TrainSettings, total_steps_for, train
+from ctxdistill.training import total_steps_for, train
 
 @dataclass
 class DocMethod:
@@ -52,12 +51,9 @@ class DocStep:
     pairs: list[Pair]
 
 
-def _settings(cfg: DistillConfig, deadline: float | None) -> TrainSettings:
+def _settings(cfg: DistillConfig, deadline: float | None):
     # The examples are already one per (document, epoch), so the loop makes a single pass over them.
-    return TrainSettings(lr=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-                         schedule=cfg.schedule, grad_clip=cfg.grad_clip, epochs=1, max_steps=0,
-                         batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
-                         checkpoint_every=cfg.checkpoint_every, deadline=deadline)
+    return train_settings(cfg, deadline, epochs=1, max_steps=0)
 
 
 def _doc_rng(seed: int, doc_id: str, epoch: int) -> random.Random:
@@ -85,9 +81,7 @@ def run_stream(cfg: DistillConfig, method: DocMethod, docs_file: str, out_dir: s
     retention = read_qa(retention_file or BUNDLED_RETENTION, "--retention")
     out = Path(out_dir)
 
-    accelerator = make_accelerator(cfg)
-    prepare_out_dir(accelerator, out, resume)
-    model, tokenizer, base_path = load_model(cfg.model, weights_dtype(cfg, accelerator), accelerator.device)
+    accelerator, model, tokenizer, base_path = open_run(cfg, out, resume)
     window = getattr(model.config, "max_position_embeddings", None) or 2048
     window = min(window, cfg.max_seq_len) if cfg.max_seq_len else window
 
@@ -166,8 +160,7 @@ def run_stream(cfg: DistillConfig, method: DocMethod, docs_file: str, out_dir: s
         result = train(accelerator, loss_module, examples,
                        lambda steps_: collate_pairs([p for ex in steps_ for p in ex.pairs], tokenizer.pad_token_id),
                        _settings(cfg, deadline), out / "checkpoint" / f"state_batch{n}.pt", resume=resume,
-                       fingerprint=fingerprint,
-                       tokens_of=lambda ex: sum(loss_module.tokens_in(p) for p in ex.pairs))
+                       fingerprint=fingerprint)
         results.append(result)
         seen.update(d.id for d in batch)
         steps += result.steps_done

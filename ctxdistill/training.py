@@ -108,11 +108,11 @@ def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate: Callable, s: TrainSettings,
           checkpoint_path: Path, resume: bool = False, fingerprint: str = "",
-          tokens_of: Callable | None = None, loss_rows: Callable | None = None) -> TrainResult:
-    """Optimize `loss_module` on `examples`; `tokens_of(example)` counts its loss rows (default: its completion).
+          loss_rows: Callable | None = None) -> TrainResult:
+    """Optimize `loss_module` on `examples`, averaging the loss over every loss row of a step.
 
-    When the rows are only known once a micro-batch is made (on-policy samples are drawn inside `collate`), pass
-    `loss_rows(batch)` instead: each step collates all its micro-batches first and sums their rows over processes."""
+    A step collates all its micro-batches first (on-policy recipes sample inside `collate`, so the rows are only
+    known then) and sums `loss_rows(batch)` (default: `len(batch.labels)`) over processes."""
     if not examples:
         raise CtxDistillError("No training examples: nothing to learn from. Check the prompts and the samples.")
     micro = _micro_batches(accelerator, s)
@@ -153,25 +153,21 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
         accelerator.wait_for_everyone()
 
     world, rank = accelerator.num_processes, accelerator.process_index
-    count = tokens_of or (lambda ex: ex.completion_len)
+    rows_in = loss_rows or (lambda batch: len(batch.labels))
     bar = tqdm(total=total, initial=start_step, desc="training", unit="step", dynamic_ncols=True,
                disable=not accelerator.is_local_main_process)
     model.train()
     t0, tokens_seen, stopped, step = time.time(), 0, False, start_step
     for step in range(start_step, total):
         ids = step_examples(step, len(examples), s.batch_size, s.seed)
-        batches = [ids[j:j + micro] for j in range(0, len(ids), micro)][rank::world]
-        if loss_rows is None:
-            step_tokens = max(1, sum(count(examples[i]) for i in ids))
-        else:
-            batches = [collate([examples[i] for i in batch_ids]) for batch_ids in batches]
-            local = torch.tensor(float(sum(loss_rows(b) for b in batches)), device=accelerator.device)
-            step_tokens = max(1, int(accelerator.reduce(local, reduction="sum")))
+        mine = [ids[j:j + micro] for j in range(0, len(ids), micro)][rank::world]  # this process's micro-batches
+        batches = [collate([examples[i] for i in batch_ids]) for batch_ids in mine]
+        local = torch.tensor(float(sum(rows_in(b) for b in batches)), device=accelerator.device)
+        step_tokens = max(1, int(accelerator.reduce(local, reduction="sum")))
         loss_sum = torch.zeros((), device=accelerator.device)
-        for j, batch_ids in enumerate(batches):
+        for j, batch in enumerate(batches):
             sync = accelerator.no_sync(model) if j < len(batches) - 1 else nullcontext()
             with sync, accelerator.autocast():
-                batch = collate([examples[i] for i in batch_ids]) if loss_rows is None else batch_ids
                 batch_loss, n_input_tokens = model(batch)
                 # Token average over the whole step; DDP averages gradients over processes, hence × world.
                 accelerator.backward(batch_loss / step_tokens * world)

@@ -27,15 +27,15 @@ from ctxdistill.evaluation import evaluate, results_table
 from ctxdistill.generation import MergedCopy, generate, stop_token_ids
 from ctxdistill.io import atomic_write_json, read_context, read_prompts, read_qa, read_qa_items
 from ctxdistill.losses import DistillLoss, collate_pairs
-from ctxdistill.models import add_lora, enable_gradient_checkpointing, load_adapter, load_model
+from ctxdistill.models import add_lora, enable_gradient_checkpointing, load_adapter
 from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
 from ctxdistill.queries import synthesize_queries
-from ctxdistill.runs import (BUNDLED_RETENTION, main_process_writes, make_accelerator, prepare_out_dir,
-                             training_fingerprint_config, weights_dtype)
+from ctxdistill.runs import (BUNDLED_RETENTION, main_process_writes, open_run, train_settings,
+                             training_fingerprint_config)
 from ctxdistill.sources import context_source, examples_source
 from ctxdistill.teacher import Teacher, encode_prefix, load_teacher_model, shared_prefix_len
 from ctxdistill.topk_cache import TopKCache, build_topk_cache
-from ctxdistill.training import TrainSettings, total_steps_for, train
+from ctxdistill.training import total_steps_for, train
 
 DATA_KEYS = ("model", "teacher", "context_kind", "mode", "num_examples", "example_sets", "scratchpad",
              "answer_delimiter", "scratchpad_instruction", "num_queries", "query_temperature", "samples_per_query",
@@ -80,13 +80,6 @@ def make_teacher(cfg: DistillConfig, objective, student, other, pairs, pad_id: i
                              cfg.chunk_size, fingerprint)
     accelerator.wait_for_everyone()
     return TopKCache(path)
-
-
-def _settings(cfg: DistillConfig, deadline: float | None) -> TrainSettings:
-    return TrainSettings(lr=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-                         schedule=cfg.schedule, grad_clip=cfg.grad_clip, epochs=cfg.epochs, max_steps=cfg.max_steps,
-                         batch_size=cfg.batch_size, micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
-                         checkpoint_every=cfg.checkpoint_every, deadline=deadline)
 
 
 def split_scratchpad(tokenizer, ids: list[int], delimiter: str, stops: set[int]) -> tuple[list[int], list[int]] | None:
@@ -135,9 +128,7 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
     retention = read_qa(retention_file or BUNDLED_RETENTION, "--retention")
     out = Path(out_dir)
 
-    accelerator = make_accelerator(cfg)
-    prepare_out_dir(accelerator, out, resume)
-    model, tokenizer, base_path = load_model(cfg.model, weights_dtype(cfg, accelerator), accelerator.device)
+    accelerator, model, tokenizer, base_path = open_run(cfg, out, resume)
     header = assistant_header(tokenizer)
     window = getattr(model.config, "max_position_embeddings", None)
     sources = load_sources(cfg, contexts, examples, tokenizer, window)
@@ -260,14 +251,14 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
         stage_pairs = [pairs[i] for i in stage]
         deadline = None
         if cfg.max_minutes:  # the time left is shared by the stages still to run, in proportion to their steps
-            planned = [total_steps_for(len(st), _settings(cfg, None)) for st in stages[n:]]
+            planned = [total_steps_for(len(st), train_settings(cfg)) for st in stages[n:]]
             deadline = time.time() + (t_start + cfg.max_minutes * 60 - time.time()) * planned[0] / sum(planned)
         tag = f"_stage{n}" if len(stages) > 1 else ""
         teacher = make_teacher(cfg, objective, student, other, stage_pairs, tokenizer.pad_token_id, out,
                                accelerator, tag)
         loss_module = DistillLoss(student, teacher, objective, cfg.chunk_size, cfg.skip_first,
                                   cfg.ensemble_weighting)
-        settings = _settings(cfg, deadline)
+        settings = train_settings(cfg, deadline)
         fingerprint = hashlib.sha256(json.dumps([budget_free, n, [samples[i] for i in stage] if not cfg.scratchpad
                                                  else stage, init_adapter]).encode()).hexdigest()
         if len(stages) > 1:
@@ -276,8 +267,7 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
                               f"{sum(sources_of[i] != sources_of[stage[0]] for i in stage)}).")
         results.append(train(accelerator, loss_module, stage_pairs,
                              lambda b: collate_pairs(b, tokenizer.pad_token_id, cfg.skip_first), settings,
-                             out / "checkpoint" / f"state{tag}.pt", resume=resume, fingerprint=fingerprint,
-                             tokens_of=loss_module.tokens_in))
+                             out / "checkpoint" / f"state{tag}.pt", resume=resume, fingerprint=fingerprint))
 
     # 5. Artifacts (main process only).
     summary = None

@@ -27,13 +27,13 @@ from ctxdistill.evaluation import evaluate, results_table
 from ctxdistill.generation import MergedCopy, generate
 from ctxdistill.io import read_context, read_prompts, read_qa, read_qa_items
 from ctxdistill.losses import DistillLoss, collate_pairs
-from ctxdistill.models import add_lora, enable_gradient_checkpointing, load_model
+from ctxdistill.models import add_lora, enable_gradient_checkpointing
 from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
 from ctxdistill.queries import synthesize_queries
-from ctxdistill.runs import (BUNDLED_RETENTION, main_process_writes, make_accelerator, prepare_out_dir,
-                             training_fingerprint_config, weights_dtype)
+from ctxdistill.runs import (BUNDLED_RETENTION, main_process_writes, open_run, train_settings,
+                             training_fingerprint_config)
 from ctxdistill.teacher import Teacher, load_teacher_model, shared_prefix_len
-from ctxdistill.training import TrainSettings, train
+from ctxdistill.training import train
 
 # Steps rather than epochs: every step draws fresh samples, so a short query list can be revisited many times.
 DEFAULTS = {"objective": "reverse_kl", "top_k": 256, "top_k_support": "student", "top_k_tail": "renorm",
@@ -53,9 +53,7 @@ def run(cfg: DistillConfig, context_file: str, prompts_file: str | None, out_dir
     context = Context(data["context"], cfg.context_kind)
     out = Path(out_dir)
 
-    accelerator = make_accelerator(cfg)
-    prepare_out_dir(accelerator, out, resume)
-    model, tokenizer, base_path = load_model(cfg.model, weights_dtype(cfg, accelerator), accelerator.device)
+    accelerator, model, tokenizer, base_path = open_run(cfg, out, resume)
     header = assistant_header(tokenizer)
     window = getattr(model.config, "max_position_embeddings", None)
     live = cfg.teacher == "live"
@@ -127,16 +125,11 @@ def run(cfg: DistillConfig, context_file: str, prompts_file: str | None, out_dir
         return collate_pairs(pairs, tokenizer.pad_token_id, cfg.skip_first)
 
     # 3. Train: one pass over the queries per epoch, fresh samples every step.
-    settings = TrainSettings(lr=cfg.learning_rate, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-                             schedule=cfg.schedule, grad_clip=cfg.grad_clip, epochs=cfg.epochs,
-                             max_steps=cfg.max_steps, batch_size=cfg.batch_size,
-                             micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
-                             checkpoint_every=cfg.checkpoint_every,
-                             deadline=t_start + cfg.max_minutes * 60 if cfg.max_minutes else None)
+    settings = train_settings(cfg, t_start + cfg.max_minutes * 60 if cfg.max_minutes else None)
     fingerprint = hashlib.sha256(json.dumps([training_fingerprint_config(cfg), queries, sha256_text(context.text)])
                                  .encode()).hexdigest()
     result = train(accelerator, loss_module, queries, collate, settings, out / "checkpoint" / "state.pt",
-                   resume=resume, fingerprint=fingerprint, loss_rows=lambda batch: len(batch.labels))
+                   resume=resume, fingerprint=fingerprint)
 
     # 4. Artifacts and report (main process).
     summary = {}
