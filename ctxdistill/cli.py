@@ -1,4 +1,4 @@
-"""`ctxdistill` command line: distill, experience, compare, eval, chat, model-path."""
+"""`ctxdistill` command line: distill, experience, compare, eval, chat, modules, model-path."""
 
 from __future__ import annotations
 
@@ -14,11 +14,24 @@ def _cmd_distill(args) -> None:
 
     if args.recipe not in RECIPES:
         raise CtxDistillError(f"Unknown recipe '{args.recipe}'. Available: {', '.join(RECIPES)}.")
+    if args.objective and args.recipe != "knowledge":
+        raise CtxDistillError("--objective (dcd | ntp-doc | ntp-synth) is for the knowledge recipe; other recipes "
+                              "take --set objective=TERM.")
     cfg = load_config(args.config, args.set, defaults=recipe_defaults(args.recipe), model=args.model,
-                      teacher=args.teacher, max_minutes=args.max_minutes, mode=args.mode)
+                      teacher=args.teacher, max_minutes=args.max_minutes, mode=args.mode,
+                      knowledge_objective=args.objective)
     if args.recipe in DOC_RECIPES:
         if not args.docs:
             raise CtxDistillError(f"The {args.recipe} recipe learns from documents: pass --docs FILE_OR_FOLDER.")
+        if args.recipe == "knowledge":
+            from ctxdistill.recipes import knowledge
+
+            summary = knowledge.run(cfg, args.docs, args.out, args.resume, args.qa, args.retention, args.per_document)
+            if summary:
+                print()
+                print(summary["table"] or "(no questions: give the documents a \"qa\" list or pass --qa)")
+                print(f"\nModule(s), manifest and report in {args.out}/")
+            return
         if args.recipe == "disc":
             from ctxdistill.recipes import disc
 
@@ -97,38 +110,39 @@ def _cmd_compare(args) -> None:
         print(f"\nWritten {out}/compare.md and compare.png")
 
 
-def _load_with_adapter(model_name: str | None, adapter: str | None):
-    """The base model (from --model, else the adapter's base_model_name_or_path) with the adapter loaded."""
-    import os
-
+def _load_with_adapters(model_name: str | None, adapters: list[str]):
+    """The base model (from --model, else the adapters' base_model_name_or_path) with every adapter loaded and
+    active (several modules: their deltas add up)."""
+    from ctxdistill.library import base_of, load_adapters, read_module
     from ctxdistill.models import load_model
 
-    if not adapter:
+    if not adapters:
         model, tok, _ = load_model(model_name or "default")
         return model, tok
-    from peft import PeftConfig
-
-    from ctxdistill.models import load_adapter
-
-    if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
-        raise CtxDistillError(f"{adapter} is not a PEFT adapter directory (no adapter_config.json). Pass OUT/adapter "
-                              "of a distill run.")
-    base = model_name or PeftConfig.from_pretrained(adapter).base_model_name_or_path
-    model, tok, _ = load_model(base)
-    model = load_adapter(model, adapter)
-    model.eval()
-    return model, tok
+    for a in adapters:
+        read_module(a)  # a clear error for a folder that is not an adapter, before any model is loaded
+    model, tok, _ = load_model(base_of(adapters, model_name))
+    return load_adapters(model, adapters), tok
 
 
 def _cmd_eval(args) -> None:
-    from ctxdistill.evaluation import evaluate, results_table
     from ctxdistill.io import atomic_write_json, atomic_write_text, read_context, read_qa
+
+    if bool(args.context) == bool(args.docs):
+        raise CtxDistillError("Give --context FILE (a distilled context) or --docs FILE (knowledge modules), one of "
+                              "the two.")
+    if args.docs:
+        _eval_knowledge(args)
+        return
+    from ctxdistill.evaluation import evaluate, results_table
     from ctxdistill.pairs import Context
 
+    if not args.adapter or not args.qa:
+        raise CtxDistillError("eval --context needs --adapter and --qa.")
     context = read_context(args.context)
     qa = read_qa(args.qa)
     retention = read_qa(args.retention, "--retention") if args.retention else None
-    model, tok = _load_with_adapter(args.model, args.adapter)
+    model, tok = _load_with_adapters(args.model, args.adapter)
     result = evaluate(model, tok, Context(context["context"], args.context_kind), qa, retention, args.max_new_tokens)
     table = results_table(result)
     print(table)
@@ -138,12 +152,51 @@ def _cmd_eval(args) -> None:
         print(f"\nWritten {args.out}.md and {args.out}.json")
 
 
+def _eval_knowledge(args) -> None:
+    """Closed-book / open-book / retrieval, with and without the modules, and retention: a table and a chart."""
+    from pathlib import Path
+
+    from ctxdistill.chunks import chunk_document
+    from ctxdistill.documents import read_documents
+    from ctxdistill.evaluation import DriftProbe, score
+    from ctxdistill.io import atomic_write_json
+    from ctxdistill.knowledge_eval import (base_rows, knowledge_result, knowledge_table, module_rows, question_set,
+                                           write_knowledge_report)
+    from ctxdistill.recipes.knowledge import read_retention
+    from ctxdistill.stream import gather_qa
+
+    if not args.adapter:
+        raise CtxDistillError("eval --docs needs at least one --adapter (a module folder).")
+    docs = read_documents(args.docs)
+    items = [(d if d != "*" else None, x) for d, qs in gather_qa(docs, args.qa).items() for x in qs]
+    if not items:
+        raise CtxDistillError(f"No questions: the documents in {args.docs} have no \"qa\" list; pass --qa FILE.")
+    retention = read_retention(args.retention)
+    model, tok = _load_with_adapters(args.model, args.adapter)
+    chunks = [c for d in docs for c in chunk_document(tok, d.id, d.text, args.chunk_tokens, args.chunk_overlap)]
+    qs = question_set(items, {d.id: d.text for d in docs}, chunks, args.top_k)
+    probe = DriftProbe(model, tok, retention, args.max_new_tokens)
+    rows = {**base_rows(model, tok, qs, args.max_new_tokens), **module_rows(model, tok, qs, args.max_new_tokens)}
+    kept = probe.measure(model)
+    result = knowledge_result(qs, rows, {
+        "closed_book": {"accuracy": score(probe.initial_answers, retention), "n": len(retention), "kl_to_base": 0.0},
+        "module": {"accuracy": kept["accuracy"], "n": kept["n"], "kl_to_base": kept["kl_to_initial"]}})
+    print(knowledge_table(result))
+    if args.out:
+        out = Path(args.out)
+        lines = [f"- modules: {', '.join(f'`{a}`' for a in args.adapter)}", f"- documents: `{args.docs}`, "
+                 f"{len(chunks)} chunks; retrieval: BM25, top {args.top_k}"]
+        write_knowledge_report(out, "Knowledge modules: evaluation", lines, result)
+        atomic_write_json(out / "eval.json", result)
+        print(f"\nWritten {out}/report.md, report.png and eval.json")
+
+
 def _cmd_chat(args) -> None:
     from ctxdistill.evaluation import answers
     from ctxdistill.io import read_context
     from ctxdistill.pairs import Context
 
-    model, tok = _load_with_adapter(args.model, args.adapter)
+    model, tok = _load_with_adapters(args.model, args.adapter)
     context = Context(read_context(args.context)["context"], args.context_kind) if args.context else None
     if args.prompt is not None:
         print(answers(model, tok, [args.prompt], context, True, args.max_new_tokens)[0])
@@ -163,6 +216,34 @@ def _cmd_chat(args) -> None:
         print(f"model> {reply}")
 
 
+def _cmd_modules_list(args) -> None:
+    from ctxdistill.library import find_modules, modules_table
+
+    found = find_modules(args.folder)
+    print(modules_table(found) if found else f"No modules under {args.folder}.")
+
+
+def _cmd_modules_show(args) -> None:
+    import json
+
+    from ctxdistill.library import read_module
+
+    module = read_module(args.module)
+    module.pop("config", None)
+    print(json.dumps(module, indent=2))
+
+
+def _cmd_modules_combine(args) -> None:
+    from ctxdistill.library import combine
+
+    try:
+        weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    except ValueError as e:
+        raise CtxDistillError(f"--weights must be comma-separated numbers, got {args.weights!r}.") from e
+    target = combine(args.modules, args.out, weights, args.how, args.rank, args.model)
+    print(f"Combined {len(args.modules)} modules ({args.how}) into {target} (a plain PEFT adapter).")
+
+
 def _cmd_model_path(args) -> None:
     from ctxdistill.models import resolve_model
 
@@ -174,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("distill", help="run a distillation recipe")
-    d.add_argument("recipe", help="offline | onpolicy | disc | finetune | finetune-kl | lora-finetune")
+    d.add_argument("recipe", help="offline | onpolicy | disc | finetune | finetune-kl | lora-finetune | knowledge")
     d.add_argument("--model", default=None, help="HF id, local directory, .gguf file, or 'default'")
     d.add_argument("--teacher", default=None,
                    help="another model as the teacher (same tokenizer; e.g. a bigger one), or 'live' (onpolicy: the "
@@ -201,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--qa", default=None,
                    help="disc and baselines: more QA, {\"q\", \"a\", optional \"doc\": id} (documents' own \"qa\" "
                         "are used too)")
+    d.add_argument("--per-document", action="store_true",
+                   help="knowledge: one module per document (OUT/modules/ID) instead of one for the corpus (OUT/adapter)")
+    d.add_argument("--objective", default=None, choices=["dcd", "ntp-doc", "ntp-synth"],
+                   help="knowledge: deep context distillation (default), or a next-token baseline on the document "
+                        "text (ntp-doc) or on the synthetic QA/summaries + the text (ntp-synth)")
     d.set_defaults(func=_cmd_distill)
 
     x = sub.add_parser("experience", help="solve tasks, write notes from the traces, keep the best, consolidate")
@@ -220,25 +306,52 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", default=None, help="write OUT/compare.md and OUT/compare.png")
     k.set_defaults(func=_cmd_compare)
 
-    e = sub.add_parser("eval", help="base vs teacher vs student on a QA file")
-    e.add_argument("--adapter", required=True)
-    e.add_argument("--context", required=True)
-    e.add_argument("--qa", required=True)
-    e.add_argument("--retention", default=None)
+    e = sub.add_parser("eval", help="base vs teacher vs student on a QA file; or knowledge modules on --docs")
+    e.add_argument("--adapter", action="append", default=[],
+                   help="adapter / module folder; repeat to load several at once (their deltas add up)")
+    e.add_argument("--context", default=None, help="the distilled context (offline/onpolicy adapters)")
+    e.add_argument("--docs", default=None,
+                   help="knowledge modules: the documents (closed-book, open-book and BM25 retrieval rows)")
+    e.add_argument("--qa", default=None, help="QA JSON ({\"q\", \"a\"}; with --docs optional: the documents' own qa)")
+    e.add_argument("--retention", default=None, help="general questions (default with --docs: a bundled set)")
+    e.add_argument("--top-k", type=int, default=1, help="--docs: chunks retrieved per question")
+    e.add_argument("--chunk-tokens", type=int, default=512, help="--docs: chunk size for retrieval, in tokens")
+    e.add_argument("--chunk-overlap", type=int, default=64)
     e.add_argument("--model", default=None, help="base model (default: the adapter's base_model_name_or_path)")
     e.add_argument("--context-kind", default="system", choices=["system", "prefix", "document"])
     e.add_argument("--max-new-tokens", type=int, default=48)
-    e.add_argument("--out", default=None, help="write OUT.md (table) and OUT.json (answers)")
+    e.add_argument("--out", default=None,
+                   help="write OUT.md (table) and OUT.json (answers); with --docs a folder: report.md/.png, eval.json")
     e.set_defaults(func=_cmd_eval)
 
     c = sub.add_parser("chat", help="talk to a model with an adapter")
-    c.add_argument("--adapter", default=None, help="OUT/adapter of a distill run (omit for the base model)")
+    c.add_argument("--adapter", action="append", default=[],
+                   help="OUT/adapter of a distill run or a module; repeat to load several (omit for the base model)")
     c.add_argument("--model", default=None)
     c.add_argument("--prompt", default=None, help="answer this once and exit")
     c.add_argument("--context", default=None, help="show a context too (to compare with the teacher)")
     c.add_argument("--context-kind", default="system", choices=["system", "prefix", "document"])
     c.add_argument("--max-new-tokens", type=int, default=128)
     c.set_defaults(func=_cmd_chat)
+
+    lib = sub.add_parser("modules", help="knowledge modules: list, show, combine")
+    lib_sub = lib.add_subparsers(dest="action", required=True)
+    ls = lib_sub.add_parser("list", help="every module under a folder, as a table")
+    ls.add_argument("folder")
+    ls.set_defaults(func=_cmd_modules_list)
+    sh = lib_sub.add_parser("show", help="one module's manifest")
+    sh.add_argument("module")
+    sh.set_defaults(func=_cmd_modules_show)
+    cb = lib_sub.add_parser("combine", help="one PEFT adapter from several modules")
+    cb.add_argument("modules", nargs="+")
+    cb.add_argument("--out", required=True)
+    cb.add_argument("--how", default="cat", choices=["cat", "sum"],
+                    help="cat: concatenate (exact sum of the deltas, rank = sum of ranks); sum: weighted sum of the "
+                         "deltas truncated by SVD to --rank")
+    cb.add_argument("--weights", default=None, help="comma-separated, one per module (default: all 1)")
+    cb.add_argument("--rank", type=int, default=None, help="sum: rank of the result (default: the largest input)")
+    cb.add_argument("--model", default=None, help="base model (default: the modules' own)")
+    cb.set_defaults(func=_cmd_modules_combine)
 
     m = sub.add_parser("model-path", help="print where a model lives (converts the default once)")
     m.add_argument("name", nargs="?", default="default")

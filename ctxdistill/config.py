@@ -14,6 +14,10 @@ import yaml
 from ctxdistill import CtxDistillError
 
 
+SUMMARY_PROMPTS = ("Summarize the document above.", "List the key facts of the document above, one per line.")
+QUESTION_PROMPT = "Write a quiz question about one fact from the document above. Reply with the question only."
+
+
 @dataclass
 class DistillConfig:
     # model and teacher
@@ -80,6 +84,20 @@ class DistillConfig:
     max_seq_len: int = 0  # 0: the model's window
     docs_per_batch: int = 1  # --stream: documents that arrive together, evaluated after each batch
     kl_weight: float = 1.0  # finetune-kl: weight of KL(initial ‖ model) next to next-token prediction
+    # knowledge modules (knowledge recipe)
+    knowledge_objective: str = "dcd"  # dcd | ntp-doc | ntp-synth (baselines: next-token on the text / on QA + text)
+    knowledge_data: str = "synthetic"  # dcd: synthetic (summaries + QA about each chunk) | raw (document windows)
+    chunk_tokens: int = 512  # documents are cut into chunks of this many tokens
+    chunk_overlap: int = 64  # tokens shared by consecutive chunks
+    summary_prompts: typing.Union[str, list] = dataclasses.field(default_factory=lambda: list(SUMMARY_PROMPTS))
+    summaries_per_prompt: int = 4  # sampled per chunk per summary prompt
+    question_prompt: str = QUESTION_PROMPT
+    questions_per_chunk: int = 48  # sampled; the kept (deduplicated) ones are answered with the chunk in context
+    answers_per_question: int = 1  # 1: the greedy answer; more: sampled answers
+    synth_temperature: float = 0.7
+    raw_window: int = 256  # knowledge_data=raw: tokens per window (the teacher sees all of it)
+    raw_loss_fraction: float = 0.25  # raw: the last share of the window, seen alone by the student, carries the loss
+    retrieval_top_k: int = 1  # chunks put in context by the module + retrieval evaluation
     # on-policy (onpolicy recipe)
     offline_fraction: float = 0.0  # share of steps trained on teacher samples instead of the student's own
     # experience (ctxdistill experience)
@@ -126,18 +144,21 @@ class DistillConfig:
         choices = {"finetune": ("lora", "full"), "mode": ("sequential", "ensemble"),
                    "context_kind": ("system", "prefix", "document"), "schedule": ("cosine", "linear", "constant"),
                    "split_strategy": ("random", "middle", "uniform", "token"),
-                   "ensemble_weighting": ("posterior", "uniform")}
+                   "ensemble_weighting": ("posterior", "uniform"),
+                   "knowledge_objective": ("dcd", "ntp-doc", "ntp-synth"), "knowledge_data": ("synthetic", "raw")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise CtxDistillError(f"{key}={getattr(self, key)!r} is not valid; use one of {', '.join(allowed)}.")
         positive = ["num_examples", "example_sets", "lora_r", "batch_size", "micro_batch_size", "samples_per_query",
                     "max_new_tokens", "gen_batch_size", "chunk_size", "temperature", "eval_max_new_tokens",
-                    "splits_per_doc", "docs_per_batch", "experience_candidates", "traces_per_note", "max_notes"]
+                    "splits_per_doc", "docs_per_batch", "experience_candidates", "traces_per_note", "max_notes", "chunk_tokens",
+                    "synth_temperature", "raw_window", "retrieval_top_k"]
         for key in positive:
             if getattr(self, key) <= 0:
                 raise CtxDistillError(f"{key} must be > 0, got {getattr(self, key)}.")
         for key in ["epochs", "max_minutes", "lr", "weight_decay", "top_k", "max_steps", "warmup_ratio", "skip_first",
-                    "replay", "max_suffix_tokens", "max_seq_len", "kl_weight", "offline_fraction"]:
+                    "replay", "max_suffix_tokens", "max_seq_len", "kl_weight", "offline_fraction", "chunk_overlap",
+                    "summaries_per_prompt", "questions_per_chunk", "answers_per_question"]:
             if getattr(self, key) < 0:
                 raise CtxDistillError(f"{key} must be >= 0, got {getattr(self, key)}.")
         if self.batch_size >= self.micro_batch_size and self.batch_size % self.micro_batch_size:
@@ -155,6 +176,18 @@ class DistillConfig:
                                   f"(got {self.select_fraction} and {self.test_fraction}).")
         if self.offline_fraction > 1:
             raise CtxDistillError(f"offline_fraction is a share of steps, in [0, 1]; got {self.offline_fraction}.")
+        if not 0 < self.raw_loss_fraction < 1:
+            raise CtxDistillError(f"raw_loss_fraction is the share of a window that carries the loss, in (0, 1); got "
+                                  f"{self.raw_loss_fraction}.")
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise CtxDistillError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens "
+                                  f"({self.chunk_tokens}).")
+        if isinstance(self.summary_prompts, str):
+            self.summary_prompts = [self.summary_prompts] if self.summary_prompts.strip() else []
+        if not all(isinstance(p, str) and p.strip() for p in self.summary_prompts):
+            raise CtxDistillError("summary_prompts must be a list of non-empty instructions (or [] for none).")
+        if not self.question_prompt.strip() and self.questions_per_chunk:
+            raise CtxDistillError("question_prompt is empty; write the instruction, or set questions_per_chunk=0.")
         if self.scratchpad and not self.answer_delimiter.strip():
             raise CtxDistillError("scratchpad needs a non-empty answer_delimiter.")
         objective = self.build_objective()  # refuses unknown terms, bad weights, supports and tails

@@ -1,6 +1,6 @@
 """One file per method; each exposes `run(cfg, **inputs)` and its config `DEFAULTS`."""
 
-DOC_RECIPES = ("disc", "finetune", "finetune-kl", "lora-finetune")  # learn from --docs
+DOC_RECIPES = ("disc", "finetune", "finetune-kl", "lora-finetune", "knowledge")  # learn from --docs
 RECIPES = ("offline", "onpolicy", *DOC_RECIPES)
 
 
@@ -10,6 +10,10 @@ def recipe_defaults(name: str) -> dict:
         from ctxdistill.recipes import disc
 
         return dict(disc.DEFAULTS)
+    if name == "knowledge":
+        from ctxdistill.recipes import knowledge
+
+        return dict(knowledge.DEFAULTS)
     if name == "onpolicy":
         from ctxdistill.recipes import onpolicy
 

@@ -1,0 +1,114 @@
+"""Synthetic data about a chunk: the model, with the chunk in context, writes summaries and questions, then answers
+its own questions with the chunk still in context (Deep Context Distillation's data).
+
+Each chunk's prompts share the chunk's KV cache (encoded once); samples are deduplicated; the rows of a chunk are
+cached on disk under a hash of everything that made them, so a re-run (or a baseline on the same documents) with
+the same inputs does not generate again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ctxdistill.chunks import Chunk
+from ctxdistill.generation import generate
+from ctxdistill.io import atomic_write_json
+from ctxdistill.pairs import Context, render_prompt
+from ctxdistill.teacher import encode_prefix, shared_prefix_len
+
+
+@dataclass(frozen=True)
+class SynthSettings:
+    summary_prompts: tuple[str, ...]
+    summaries_per_prompt: int
+    question_prompt: str
+    questions_per_chunk: int
+    answers_per_question: int
+    temperature: float
+    max_new_tokens: int  # summaries; questions and answers get half
+    seed: int
+    batch_size: int = 64
+
+
+def clean_question(text: str) -> str:
+    """The question of a sample such as "Question: Who ...?\\n\\nAnswer: ...", or "" if there is none."""
+    text = re.split(r"\n\s*(?:answer|a)\s*[:)]|\banswer\s*:", text.strip(), maxsplit=1, flags=re.I)[0]
+    line = next((ln for ln in text.splitlines() if ln.strip()), "")
+    line = re.sub(r"^\s*(?:[-*•]|\d+[.)]|question\s*\d*\s*:|q\s*:)\s*", "", line, flags=re.I).strip().strip('"“”')
+    if "?" in line:
+        line = line[: line.index("?") + 1]
+    return line if 8 <= len(line) <= 200 and line.endswith("?") else ""
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\W+", " ", text.lower()).strip()
+
+
+def _cache_key(model_id: str, chunk: Chunk, settings: SynthSettings) -> str:
+    blob = json.dumps([model_id, chunk.text, asdict(settings)], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _sample(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float, seed: int,
+            batch_size: int) -> list[list[int]]:
+    shared = shared_prefix_len(prompts, [len(p) for p in prompts])
+    prefix = encode_prefix(model, prompts[0][:shared]) if shared >= 16 else None  # the chunk, encoded once
+    return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                    batch_size=batch_size, seed=seed, show_progress=False, prefix=prefix)
+
+
+def synthesize_chunk(model, tokenizer, chunk: Chunk, s: SynthSettings) -> list[dict]:
+    """Rows {"chunk", "kind": summary|qa, "prompt" (the student's user turn), "completion_ids", "text"}."""
+    ctx = Context(chunk.text, "document")
+    rows, seen = [], set()
+
+    def keep(kind: str, prompt: str, ids: list[int]):
+        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        key = (prompt, _norm(text))
+        if text and key not in seen:
+            seen.add(key)
+            rows.append({"chunk": chunk.key, "kind": kind, "prompt": prompt, "completion_ids": ids, "text": text})
+
+    jobs = [p for p in s.summary_prompts for _ in range(s.summaries_per_prompt)]
+    if jobs:
+        outs = _sample(model, tokenizer, [render_prompt(tokenizer, p, ctx) for p in jobs], s.max_new_tokens,
+                       s.temperature, s.seed, s.batch_size)
+        for p, ids in zip(jobs, outs):
+            keep("summary", p, ids)
+    if s.questions_per_chunk and s.answers_per_question:
+        asked = [render_prompt(tokenizer, s.question_prompt, ctx)] * s.questions_per_chunk
+        questions = {}
+        for ids in _sample(model, tokenizer, asked, max(16, s.max_new_tokens // 2), s.temperature, s.seed + 1,
+                           s.batch_size):
+            q = clean_question(tokenizer.decode(ids, skip_special_tokens=True))
+            if q:
+                questions.setdefault(_norm(q), q)
+        jobs = [q for q in questions.values() for _ in range(s.answers_per_question)]
+        if jobs:
+            # The answer is the teacher's own, with the chunk in context: sampled when several are asked for.
+            temperature = s.temperature if s.answers_per_question > 1 else 0.0
+            outs = _sample(model, tokenizer, [render_prompt(tokenizer, q, ctx) for q in jobs],
+                           max(16, s.max_new_tokens // 2), temperature, s.seed + 2, s.batch_size)
+            for q, ids in zip(jobs, outs):
+                keep("qa", q, ids)
+    return rows
+
+
+def synthesize(model, tokenizer, chunks: list[Chunk], settings: SynthSettings, cache: Path, model_id: str) -> list[dict]:
+    """All chunks' rows, from the cache where it has them; progress over chunks with rate and ETA."""
+    cache.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for chunk in tqdm(chunks, desc="synthesizing summaries and QA", unit="chunk", dynamic_ncols=True):
+        path = cache / f"{_cache_key(model_id, chunk, settings)}.json"
+        if path.exists():
+            rows += json.loads(path.read_text(encoding="utf-8"))
+            continue
+        made = synthesize_chunk(model, tokenizer, chunk, settings)
+        atomic_write_json(path, made)
+        rows += made
+    return rows
