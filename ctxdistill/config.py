@@ -92,7 +92,7 @@ class DistillConfig:
     summary_prompts: typing.Union[str, list] = dataclasses.field(default_factory=lambda: list(SUMMARY_PROMPTS))
     summaries_per_prompt: int = 4  # sampled per chunk per summary prompt
     question_prompt: str = QUESTION_PROMPT
-    questions_per_chunk: int = 48  # sampled; the kept (deduplicated) ones are answered with the chunk in context
+    questions_per_chunk: int = 64  # sampled; the kept (deduplicated) ones are answered with the chunk in context
     answers_per_question: int = 1  # 1: the greedy answer; more: sampled answers
     synth_temperature: float = 0.7
     raw_window: int = 256  # knowledge_data=raw: tokens per window (the teacher sees all of it)

@@ -103,7 +103,7 @@ def combine(adapter_paths: list[str], out, weights: list[float] | None = None, h
         raise CtxDistillError(f"{len(weights)} weights for {len(adapter_paths)} modules: give one weight per module.")
     manifests = [read_module(p) for p in adapter_paths]
     base = base_of(adapter_paths, model)
-    base_model, _, _ = load_model(base)
+    base_model, _, _ = load_model(base, "float32", "cpu")  # weight arithmetic: no bf16 rounding of the factors
     peft_model = load_adapters(base_model, adapter_paths)
     names = [f"m{i}" for i in range(len(adapter_paths))]
     try:

@@ -45,12 +45,42 @@ def clean_question(text: str) -> str:
     return line if 8 <= len(line) <= 200 and line.endswith("?") else ""
 
 
+_POINTS_AWAY = re.compile(r"\b(?:document|passage|text above|the above|this text)\b", re.I)
+_WORD = re.compile(r"[\w-]+")
+
+
+_FUNCTION_WORDS = set("""the a an and but or if in on at to of for from by with as is are was were be it its this that
+these those there here each every some all any no not one two what who when where which why how he she they we you
+i his her their our your my also then than so such after before while during since until about over under""".split())
+
+
+def names_in(text: str) -> set[str]:
+    """Lower-cased words the text only ever writes capitalized (less function words): its names."""
+    words = _WORD.findall(text)
+    lower = {w for w in words if w.islower()}
+    return {w.lower() for w in words if w[0].isupper() and len(w) > 2 and w.lower() not in lower
+            and w.lower() not in _FUNCTION_WORDS}
+
+
+def about_the_chunk(question: str, chunk_text: str) -> bool:
+    """A question the student can learn from without the chunk: it does not point at "the document", and it names
+    something the chunk names, so "What is the village's capital?" — which would teach the module to answer *any*
+    question about capitals with this chunk — is dropped. A chunk without names keeps every question."""
+    if _POINTS_AWAY.search(question):
+        return False
+    names = names_in(chunk_text)
+    return not names or bool(names & {w.lower() for w in _WORD.findall(question)})
+
+
 def _norm(text: str) -> str:
     return re.sub(r"\W+", " ", text.lower()).strip()
 
 
+VERSION = 2  # bump when the way rows are made changes, so old cached rows are not reused
+
+
 def _cache_key(model_id: str, chunk: Chunk, settings: SynthSettings) -> str:
-    blob = json.dumps([model_id, chunk.text, asdict(settings)], sort_keys=True)
+    blob = json.dumps([VERSION, model_id, chunk.text, asdict(settings)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -86,7 +116,7 @@ def synthesize_chunk(model, tokenizer, chunk: Chunk, s: SynthSettings) -> list[d
         for ids in _sample(model, tokenizer, asked, max(16, s.max_new_tokens // 2), s.temperature, s.seed + 1,
                            s.batch_size):
             q = clean_question(tokenizer.decode(ids, skip_special_tokens=True))
-            if q:
+            if q and about_the_chunk(q, chunk.text):
                 questions.setdefault(_norm(q), q)
         jobs = [q for q in questions.values() for _ in range(s.answers_per_question)]
         if jobs:

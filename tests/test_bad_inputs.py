@@ -604,6 +604,15 @@ def test_disc_config_file_matches_the_recipe_defaults():
     assert load_config(str(path)).to_dict() == load_config(defaults=defaults).to_dict()
 
 
+def test_knowledge_config_file_matches_the_recipe_defaults():
+    from ctxdistill.config import load_config
+    from ctxdistill.recipes import recipe_defaults
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "knowledge.yaml"
+    defaults = recipe_defaults("knowledge")
+    assert load_config(str(path)).to_dict() == load_config(defaults=defaults).to_dict()
+
+
 def test_onpolicy_config_file_matches_the_recipe_defaults():
     from ctxdistill.config import load_config
     from ctxdistill.recipes import recipe_defaults

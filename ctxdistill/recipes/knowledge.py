@@ -50,20 +50,15 @@ TITLES = {"dcd": "Knowledge modules: deep context distillation",
 
 
 def raw_pairs(ids: list[int], window: int, loss_fraction: float) -> list[Pair]:
-    """Windows ending every `span` tokens: the teacher reads the whole window, the student its last `span` tokens
-    alone, and the loss covers those (but their first, the student's only prompt). Every token after the first
-    window's prefix is in one loss span."""
-    span = max(2, round(window * loss_fraction))
+    """Windows ending every `span` tokens: the teacher reads the whole window, the student only the token before
+    the last `span` tokens (its prompt) and those `span` tokens, which carry the loss. The spans tile the text, so
+    every token with something before it to learn from is scored exactly once."""
+    span = max(1, round(window * loss_fraction))
     pairs = []
-    for end in range(span + 1, len(ids) + span, span):
-        end = min(end, len(ids))
-        at = end - span
-        if at < 1:
-            continue
+    for first in range(span + 1, len(ids), span):  # the first scored token of each span
+        end, at = min(first + span, len(ids)), first - 1  # `at`: the student's prompt token
         start = max(0, end - window)
-        pairs.append(split_pair(ids[start:end], at - start, window, span))
-        if end == len(ids):
-            break
+        pairs.append(split_pair(ids[start:end], at - start, window, span + 1))
     return pairs
 
 
@@ -92,7 +87,7 @@ def module_name(doc_id: str) -> str:
 def run(cfg: DistillConfig, docs_file: str, out_dir: str, resume: bool = False, qa_file: str | None = None,
         retention_file: str | None = None, per_document: bool = False) -> dict:
     t_start = time.time()
-    deadline_at = t_start + cfg.max_minutes * 60 if cfg.max_minutes else None
+    deadline_at = t_start + cfg.max_minutes * 60 if cfg.max_minutes else None  # generation + training
     if cfg.finetune != "lora":
         raise CtxDistillError("A knowledge module is a LoRA adapter: the knowledge recipe needs finetune=lora.")
     docs = read_documents(docs_file)
@@ -166,8 +161,8 @@ def run(cfg: DistillConfig, docs_file: str, out_dir: str, resume: bool = False, 
             teacher = Teacher(student) if objective.needs_teacher else None
             loss_module = DistillLoss(student, teacher, objective, cfg.chunk_size)
             deadline = None
-            if deadline_at:  # the time left is shared equally by the modules still to train
-                deadline = time.time() + (deadline_at - time.time()) / (len(groups) - n)
+            if deadline_at:  # the time left is shared equally by the modules still to train; evaluating is free
+                deadline = time.time() + (deadline_at + eval_seconds - time.time()) / (len(groups) - n)
             if len(groups) > 1:
                 accelerator.print(f"Module {n + 1}/{len(groups)}: {name}, {len(pairs)} pairs.")
             result = train(accelerator, loss_module, pairs, lambda b: collate_pairs(b, tokenizer.pad_token_id),
