@@ -43,7 +43,7 @@ from ctxdistill.teacher import Teacher
 from ctxdistill.training import train
 
 DEFAULTS = {"lora_r": 16, "lora_alpha": 16, "lr": 1e-3, "objective": "forward_kl", "hidden_weight": 1.0,
-            "batch_size": 8, "micro_batch_size": 8, "epochs": 8.0, "warmup_ratio": 0.05}
+            "batch_size": 8, "micro_batch_size": 8, "epochs": 16.0, "warmup_ratio": 0.05}
 TITLES = {"dcd": "Knowledge modules: deep context distillation",
           "ntp-doc": "Baseline: next-token prediction on the documents",
           "ntp-synth": "Baseline: next-token prediction on synthetic QA/summaries + the documents"}
