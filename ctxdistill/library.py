@@ -30,8 +30,8 @@ def read_module(path) -> dict:
     """The manifest of a module folder ({} for a plain adapter without one), with its path."""
     p = Path(path)
     if not is_adapter(p):
-        raise CtxDistillError(f"{p} is not a module: it has no adapter_config.json. Pass a module folder (OUT/adapter "
-                              "or OUT/modules/NAME of a knowledge run).")
+        raise CtxDistillError(f"{p} is not a module (not a PEFT adapter directory: no adapter_config.json). Pass "
+                              "OUT/adapter of a distill run, or OUT/modules/NAME of a knowledge run.")
     manifest = json.loads((p / MANIFEST).read_text(encoding="utf-8")) if (p / MANIFEST).is_file() else {}
     return {"path": str(p), **manifest}
 
