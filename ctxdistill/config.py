@@ -90,7 +90,8 @@ class DistillConfig:
     chunk_tokens: int = 512  # documents are cut into chunks of this many tokens
     chunk_overlap: int = 64  # tokens shared by consecutive chunks
     summary_prompts: typing.Union[str, list] = dataclasses.field(default_factory=lambda: list(SUMMARY_PROMPTS))
-    summaries_per_prompt: int = 4  # sampled per chunk per summary prompt
+    summaries_per_prompt: int = 8  # sampled per chunk per summary prompt
+    summary_view: str = "text"  # what the student reads of a summary: text (the summary alone) | prompt (+ instruction)
     question_prompt: str = QUESTION_PROMPT
     questions_per_chunk: int = 64  # sampled; the kept (deduplicated) ones are answered with the chunk in context
     answers_per_question: int = 1  # 1: the greedy answer; more: sampled answers
@@ -145,7 +146,8 @@ class DistillConfig:
                    "context_kind": ("system", "prefix", "document"), "schedule": ("cosine", "linear", "constant"),
                    "split_strategy": ("random", "middle", "uniform", "token"),
                    "ensemble_weighting": ("posterior", "uniform"),
-                   "knowledge_objective": ("dcd", "ntp-doc", "ntp-synth"), "knowledge_data": ("synthetic", "raw")}
+                   "knowledge_objective": ("dcd", "ntp-doc", "ntp-synth"), "knowledge_data": ("synthetic", "raw"),
+                   "summary_view": ("text", "prompt")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise CtxDistillError(f"{key}={getattr(self, key)!r} is not valid; use one of {', '.join(allowed)}.")

@@ -84,6 +84,20 @@ def test_dcd_pairs_show_the_chunk_to_the_teacher_only_and_ntp_pairs_to_no_one(to
     assert ntp.teacher_ids == ntp.student_ids and "Harrow" not in tokenizer.decode(ntp.student_ids)
 
 
+def test_a_summary_is_plain_text_to_the_student_and_follows_the_chunk_for_the_teacher(tokenizer):
+    chunks = {"mill#0": Chunk("mill", 0, MILL)}
+    summary = tokenizer("Harrow Mill on the Tam is owned by Ona Pell.", add_special_tokens=False)["input_ids"]
+    rows = [{"chunk": "mill#0", "kind": "summary", "prompt": "Summarize the document above.",
+             "completion_ids": summary + [tokenizer.eos_token_id]}]
+    (pair,) = synthetic_pairs(tokenizer, rows, chunks, 1024, teacher=True)
+    assert pair.student_ids == summary and pair.student_prompt_len == 1  # no template, no instruction, no end token
+    assert MILL in tokenizer.decode(pair.teacher_ids[:pair.teacher_prompt_len])
+    assert pair.completion == summary[1:]
+    (with_prompt,) = synthetic_pairs(tokenizer, rows, chunks, 1024, teacher=True, summary_view="prompt")
+    assert with_prompt.student_ids[:with_prompt.student_prompt_len] == \
+        render_prompt(tokenizer, "Summarize the document above.")
+
+
 def test_raw_windows_give_the_student_the_last_quarter_and_score_it_against_the_whole_window():
     ids = list(range(100, 200))  # 100 tokens
     pairs = raw_pairs(ids, window=40, loss_fraction=0.25)

@@ -68,15 +68,29 @@ def synth_settings(cfg: DistillConfig) -> SynthSettings:
                          cfg.seed, cfg.gen_batch_size)
 
 
-def synthetic_pairs(tokenizer, rows: list[dict], chunks: dict[str, Chunk], window: int, teacher: bool) -> list[Pair]:
-    """teacher=True: chunk + prompt + y vs prompt + y (DCD); False: prompt + y on both sides (next-token)."""
+def synthetic_pairs(tokenizer, rows: list[dict], chunks: dict[str, Chunk], window: int, teacher: bool,
+                    summary_view: str = "text") -> list[Pair]:
+    """teacher=True: chunk + prompt + y vs the student's view of y (DCD); False: the student's view on both sides
+    (next-token). The student's view of a QA row is its question + y; of a summary, with summary_view=text, y alone
+    as plain text (its first token is the prompt), as in the paper: an instruction such as "Summarize the document
+    above" names no document, so under it the student would learn every document's summary for the same words."""
     header = assistant_header(tokenizer)
+    special = set(tokenizer.all_special_ids)
     pairs = []
     for row in rows:
+        ctx = Context(chunks[row["chunk"]].text, "document")
+        y = list(row["completion_ids"])
+        if row["kind"] == "summary" and summary_view == "text":
+            while y and y[-1] in special:  # plain text: no end-of-turn token to learn
+                y.pop()
+            if len(y) < 2:
+                continue
+            t_prompt = render_prompt(tokenizer, row["prompt"], ctx) if teacher else []
+            pairs.append(Pair(t_prompt + y, y, len(t_prompt) + 1, 1))
+            continue
         student = render_prompt(tokenizer, row["prompt"])
-        t_prompt = render_prompt(tokenizer, row["prompt"], Context(chunks[row["chunk"]].text, "document")) \
-            if teacher else student
-        pairs.append(build_pair(t_prompt, student, row["completion_ids"], header, window))
+        t_prompt = render_prompt(tokenizer, row["prompt"], ctx) if teacher else student
+        pairs.append(build_pair(t_prompt, student, y, header, window))
     return pairs
 
 
@@ -215,6 +229,7 @@ def run(cfg: DistillConfig, docs_file: str, out_dir: str, resume: bool = False, 
             retention_rows = {
                 "closed_book": {"accuracy": score(probe.initial_answers, probe.qa),
                                 "n": len(probe.qa), "kl_to_base": 0.0},
+                # several modules: their mean (each module's own numbers are in the report's lines and manifest)
                 "module": {"accuracy": sum(r["retention"] for r in module_reports) / n_mod, "n": len(probe.qa),
                            "kl_to_base": sum(r["kl_to_base"] for r in module_reports) / n_mod}}
             result = knowledge_result(qs, answers, retention_rows)
@@ -238,6 +253,9 @@ def run(cfg: DistillConfig, docs_file: str, out_dir: str, resume: bool = False, 
                   if uses_synthetic else "- data: the document text"),
                  f"- training: {total_steps} steps" + (" (stopped by the time budget)" if any(
                      r.get("stopped_by_budget") for r in module_reports) else ""),
+                 *(["- per module (its own questions; retention on the general set): " + "; ".join(
+                     f"{r['name']} {r['knowledge']}/{r['questions']}, retention {r['retention']}/{r['retention_n']}, "
+                     f"KL {r['kl_to_base']:.3f}" for r in module_reports)] if len(module_reports) > 1 else []),
                  f"- time: generation {generation_seconds:.0f}s, training {train_seconds:.0f}s, evaluation "
                  f"{eval_seconds:.0f}s, total {time.time() - t_start:.0f}s"]
         if result:
@@ -260,11 +278,11 @@ def group_pairs(cfg: DistillConfig, objective_name: str, tokenizer, group: list[
     if objective_name == "ntp-doc":
         return text_windows
     if objective_name == "ntp-synth":
-        return synthetic_pairs(tokenizer, own_rows, chunks, window, teacher=False) + text_windows
+        return synthetic_pairs(tokenizer, own_rows, chunks, window, False, cfg.summary_view) + text_windows
     if cfg.knowledge_data == "raw":
         return [p for d in group for p in raw_pairs(doc_ids[d.id], min(window, cfg.raw_window),
                                                     cfg.raw_loss_fraction)]
-    return synthetic_pairs(tokenizer, own_rows, chunks, window, teacher=True)
+    return synthetic_pairs(tokenizer, own_rows, chunks, window, True, cfg.summary_view)
 
 
 def read_retention(path: str | None) -> list[dict]:
