@@ -5,13 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-import shutil
-import tempfile
 from pathlib import Path
 
 from ctxdistill import __version__
 from ctxdistill.evaluation import answers_table, results_table
-from ctxdistill.io import atomic_write_json, atomic_write_text
+from ctxdistill.io import atomic_write_dir, atomic_write_json, atomic_write_text
 
 
 def sha256_text(text: str) -> str:
@@ -30,18 +28,7 @@ def versions() -> dict:
 
 def save_adapter(peft_model, target: Path) -> None:
     """save_pretrained into a temporary folder, then swap it in, so a killed run never leaves half an adapter."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".adapter-"))
-    try:
-        peft_model.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)
-        old = target.with_name(target.name + ".old")
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    atomic_write_dir(target, peft_model.save_pretrained, ".adapter-")
 
 
 def save_trained(student, tokenizer, out: Path, finetune: str) -> Path:

@@ -28,6 +28,28 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
+def atomic_write_dir(target: Path, fill, prefix: str = ".tmp-") -> Path:
+    """`fill(tmp)` writes a folder's content into a temporary folder (and may return a subfolder of it to install);
+    it then replaces `target` by renames, so a killed run never leaves half a model or adapter."""
+    import shutil
+    import tempfile
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=prefix))
+    try:
+        made = fill(tmp) or tmp
+        os.chmod(made, 0o755)
+        old = target.with_name(target.name + ".old")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(made, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     _atomic(path, lambda f: f.write(text.encode("utf-8")))
 

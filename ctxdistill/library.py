@@ -5,14 +5,11 @@ plain PEFT adapter (a weighted sum of the LoRA deltas at a fixed rank, or their 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from ctxdistill import CtxDistillError
 from ctxdistill.artifacts import versions
-from ctxdistill.io import atomic_write_json
+from ctxdistill.io import atomic_write_dir, atomic_write_json
 
 MANIFEST = "module.json"
 HOW = {"sum": "svd", "cat": "cat"}  # our names → PEFT add_weighted_adapter combination types
@@ -112,20 +109,15 @@ def combine(adapter_paths: list[str], out, weights: list[float] | None = None, h
         raise CtxDistillError(f"PEFT could not combine these modules ({e}). They must target the same layers.") from e
     for name in names:
         peft_model.delete_adapter(name)
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".combine-"))
-    try:
+    documents = [d for m in manifests for d in m.get("documents", [])]
+
+    def fill(tmp: Path) -> Path:
         peft_model.save_pretrained(tmp, selected_adapters=["combined"])
-        saved = tmp / "combined" if (tmp / "combined").is_dir() else tmp
-        documents = [d for m in manifests for d in m.get("documents", [])]
+        saved = tmp / "combined" if (tmp / "combined").is_dir() else tmp  # PEFT nests non-default adapters
         write_module_manifest(saved, {"recipe": "combine", "objective": how, "base_model": base,
                                       "documents": documents, "weights": weights,
                                       "sources": [m["path"] for m in manifests]})
-        os.chmod(saved, 0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(saved, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        return saved
+
+    target = atomic_write_dir(Path(out), fill, ".combine-")
     return target
