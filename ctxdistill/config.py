@@ -99,6 +99,8 @@ class DistillConfig:
     raw_window: int = 256  # knowledge_data=raw: tokens per window (the teacher sees all of it)
     raw_loss_fraction: float = 0.25  # raw: the last share of the window, seen alone by the student, carries the loss
     retrieval_top_k: int = 1  # chunks put in context by the module + retrieval evaluation
+    anchor_fraction: float = 0.0  # dcd: this many × the module's pairs of general prompts where it matches the base
+    anchor_prompts: str = ""  # their prompts: a file (.txt/.jsonl/.json), or "" for a bundled general set
     # on-policy (onpolicy recipe)
     offline_fraction: float = 0.0  # share of steps trained on teacher samples instead of the student's own
     # experience (ctxdistill experience)
@@ -160,7 +162,7 @@ class DistillConfig:
                 raise CtxDistillError(f"{key} must be > 0, got {getattr(self, key)}.")
         for key in ["epochs", "max_minutes", "lr", "weight_decay", "top_k", "max_steps", "warmup_ratio", "skip_first",
                     "replay", "max_suffix_tokens", "max_seq_len", "kl_weight", "offline_fraction", "chunk_overlap",
-                    "summaries_per_prompt", "questions_per_chunk", "answers_per_question"]:
+                    "summaries_per_prompt", "questions_per_chunk", "answers_per_question", "anchor_fraction"]:
             if getattr(self, key) < 0:
                 raise CtxDistillError(f"{key} must be >= 0, got {getattr(self, key)}.")
         if self.batch_size >= self.micro_batch_size and self.batch_size % self.micro_batch_size:

@@ -98,6 +98,17 @@ def test_a_summary_is_plain_text_to_the_student_and_follows_the_chunk_for_the_te
         render_prompt(tokenizer, "Summarize the document above.")
 
 
+def test_anchor_pairs_hold_the_module_to_the_base_on_general_prompts(tokenizer):
+    from ctxdistill.config import load_config
+    from ctxdistill.recipes.knowledge import anchor_pair, make_anchors
+
+    anchors = make_anchors(load_config(sets=["max_new_tokens=8"]), tiny_llama(tokenizer), tokenizer)
+    assert len(anchors) >= 20 and all(a["completion_ids"] for a in anchors)  # the bundled general prompts
+    pair = anchor_pair(tokenizer, anchors[0])
+    assert pair.teacher_ids == pair.student_ids  # no chunk: the teacher is simply the base (adapter off)
+    assert pair.completion == anchors[0]["completion_ids"]
+
+
 def test_raw_windows_give_the_student_the_last_quarter_and_score_it_against_the_whole_window():
     ids = list(range(100, 200))  # 100 tokens
     pairs = raw_pairs(ids, window=40, loss_fraction=0.25)
@@ -195,6 +206,7 @@ def test_knowledge_recipe_library_and_eval_from_the_command_line(tiny_model_dir,
                                                                  "module_retrieval"}
     assert (out / "report.png").exists() and "## Answers" in (out / "report.md").read_text()
     assert list((tmp_path / "cache" / "synthetic").glob("*.json"))  # the data is cached for the next run
+    assert (out / "data" / "anchors.jsonl").exists()  # dcd holds the module to the base on general prompts
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 import time
 from pathlib import Path
@@ -27,7 +28,8 @@ from ctxdistill.chunks import Chunk, chunk_document
 from ctxdistill.config import DistillConfig
 from ctxdistill.documents import Document, read_documents
 from ctxdistill.evaluation import DriftProbe, contains_any, score
-from ctxdistill.io import atomic_write_text, read_jsonl, read_qa, write_jsonl
+from ctxdistill.generation import generate
+from ctxdistill.io import atomic_write_text, read_jsonl, read_prompts, read_qa, write_jsonl
 from ctxdistill.knowledge_eval import (base_rows, knowledge_result, knowledge_table, module_rows, question_set,
                                        write_knowledge_report)
 from ctxdistill.library import write_module_manifest
@@ -35,7 +37,8 @@ from ctxdistill.losses import DistillLoss, collate_pairs
 from ctxdistill.models import add_lora, cache_dir, enable_gradient_checkpointing, load_adapter
 from ctxdistill.objectives import Objective
 from ctxdistill.pairs import Context, Pair, assistant_header, build_pair, render_prompt
-from ctxdistill.runs import BUNDLED_RETENTION, open_run, train_settings, training_fingerprint_config
+from ctxdistill.runs import (BUNDLED_RETENTION, main_process_writes, open_run, train_settings,
+                             training_fingerprint_config)
 from ctxdistill.splits import split_pair, whole_text_pairs
 from ctxdistill.stream import gather_qa
 from ctxdistill.synthetic import SynthSettings, synthesize
@@ -43,7 +46,7 @@ from ctxdistill.teacher import Teacher
 from ctxdistill.training import train
 
 DEFAULTS = {"lora_r": 16, "lora_alpha": 16, "lr": 1e-3, "objective": "forward_kl", "hidden_weight": 1.0,
-            "batch_size": 8, "micro_batch_size": 8, "epochs": 16.0, "warmup_ratio": 0.05}
+            "batch_size": 8, "micro_batch_size": 8, "epochs": 16.0, "warmup_ratio": 0.05, "anchor_fraction": 0.5}
 TITLES = {"dcd": "Knowledge modules: deep context distillation",
           "ntp-doc": "Baseline: next-token prediction on the documents",
           "ntp-synth": "Baseline: next-token prediction on synthetic QA/summaries + the documents"}
@@ -135,6 +138,13 @@ def run(cfg: DistillConfig, docs_file: str, out_dir: str, resume: bool = False, 
             rows = read_jsonl(out / "data" / "synthetic.jsonl", "synthetic data")
     generation_seconds = time.time() - t0
 
+    # Anchors: general prompts and the base's own answers, which a DCD module is held to (not to learn the document
+    # into everything it says); made before any adapter exists.
+    anchors = []
+    if objective_name == "dcd" and cfg.anchor_fraction > 0:
+        anchors = main_process_writes(accelerator, out / "data" / "anchors.jsonl",
+                                      lambda: make_anchors(cfg, model, tokenizer))
+
     # 2. The references, before any adapter exists: base closed-book, open-book, retrieval; the retention probe.
     items = [(doc_id if doc_id != "*" else None, x) for doc_id, qs in qa_by_doc.items() for x in qs]
     texts = {d.id: d.text for d in docs}
@@ -157,6 +167,9 @@ def run(cfg: DistillConfig, docs_file: str, out_dir: str, resume: bool = False, 
     for n, (name, group) in enumerate(groups):
         target = out / "modules" / name if per_document else out / "adapter"
         pairs = group_pairs(cfg, objective_name, tokenizer, group, doc_ids, rows, by_key, window)
+        if anchors and pairs:
+            k = round(cfg.anchor_fraction * len(pairs))
+            pairs += [anchor_pair(tokenizer, a) for a in random.Random(f"{cfg.seed}:{name}").choices(anchors, k=k)]
         if not pairs:
             raise CtxDistillError(f"No training data for {name}: " + (
                 "the synthetic data is empty (raise questions_per_chunk or check question_prompt)." if uses_synthetic
@@ -283,6 +296,26 @@ def group_pairs(cfg: DistillConfig, objective_name: str, tokenizer, group: list[
         return [p for d in group for p in raw_pairs(doc_ids[d.id], min(window, cfg.raw_window),
                                                     cfg.raw_loss_fraction)]
     return synthetic_pairs(tokenizer, own_rows, chunks, window, True, cfg.summary_view)
+
+
+ANCHOR_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "anchor_prompts.json"
+
+
+def make_anchors(cfg: DistillConfig, model, tokenizer) -> list[dict]:
+    """The base's greedy answers to general prompts (before any adapter): the module keeps to them."""
+    prompts = read_prompts(cfg.anchor_prompts) if cfg.anchor_prompts else \
+        json.loads(ANCHOR_PROMPTS.read_text(encoding="utf-8"))["prompts"]
+    model.eval()
+    outs = generate(model, tokenizer, [render_prompt(tokenizer, p) for p in prompts],
+                    max_new_tokens=max(16, cfg.max_new_tokens // 2), temperature=0.0, batch_size=cfg.gen_batch_size,
+                    desc="base answers to the anchor prompts")
+    return [{"prompt": p, "completion_ids": y} for p, y in zip(prompts, outs) if y]
+
+
+def anchor_pair(tokenizer, anchor: dict) -> Pair:
+    """Teacher and student read the same general prompt (no chunk): the base with its adapter off teaches."""
+    ids = render_prompt(tokenizer, anchor["prompt"])
+    return Pair(ids + anchor["completion_ids"], ids + anchor["completion_ids"], len(ids), len(ids))
 
 
 def read_retention(path: str | None) -> list[dict]:
