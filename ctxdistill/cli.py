@@ -158,10 +158,10 @@ def _eval_knowledge(args) -> None:
 
     from ctxdistill.chunks import chunk_document
     from ctxdistill.documents import read_documents
-    from ctxdistill.evaluation import DriftProbe, score
+    from ctxdistill.evaluation import DriftProbe
     from ctxdistill.io import atomic_write_json
     from ctxdistill.knowledge_eval import (base_rows, knowledge_result, knowledge_table, module_rows, question_set,
-                                           write_knowledge_report)
+                                           retention_rows, write_knowledge_report)
     from ctxdistill.recipes.knowledge import read_retention
     from ctxdistill.stream import gather_qa
 
@@ -178,9 +178,7 @@ def _eval_knowledge(args) -> None:
     probe = DriftProbe(model, tok, retention, args.max_new_tokens)
     rows = {**base_rows(model, tok, qs, args.max_new_tokens), **module_rows(model, tok, qs, args.max_new_tokens)}
     kept = probe.measure(model)
-    result = knowledge_result(qs, rows, {
-        "closed_book": {"accuracy": score(probe.initial_answers, retention), "n": len(retention), "kl_to_base": 0.0},
-        "module": {"accuracy": kept["accuracy"], "n": kept["n"], "kl_to_base": kept["kl_to_initial"]}})
+    result = knowledge_result(qs, rows, retention_rows(probe, [kept]))
     print(knowledge_table(result))
     if args.out:
         out = Path(args.out)

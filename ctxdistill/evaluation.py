@@ -119,10 +119,11 @@ def results_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def answers_table(result: dict) -> str:
+def answers_table(result: dict, labels: dict[str, str] | None = None) -> str:
+    """Every question with every row's answer; `labels` names the columns (default: the row keys)."""
     clean = lambda s: s.replace("|", "\\|").replace("\n", " ")[:160]  # noqa: E731
-    names = list(result["answers"])
-    lines = ["| question | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    names, labels = list(result["answers"]), labels or {}
+    lines = ["| question | " + " | ".join(labels.get(k, k) for k in names) + " |", "|---" * (len(names) + 1) + "|"]
     for i, q in enumerate(result["questions"]):
         lines.append(f"| {clean(q)} | " + " | ".join(clean(result["answers"][k][i]) for k in names) + " |")
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctxdistill.chunks import Chunk
-from ctxdistill.evaluation import answers, score
+from ctxdistill.evaluation import answers, answers_table, score
 from ctxdistill.io import atomic_write_text
 from ctxdistill.pairs import Context
 from ctxdistill.retrieval import ChunkIndex
@@ -63,6 +63,14 @@ def module_rows(model, tokenizer, qs: QuestionSet, max_new_tokens: int, only: li
                                         max_new_tokens)}
 
 
+def retention_rows(probe, measured: list[dict]) -> dict[str, dict]:
+    """The base's retention row and the module row: `measured` holds DriftProbe.measure of each module (their mean)."""
+    n = len(measured)
+    return {"closed_book": {"accuracy": score(probe.initial_answers, probe.qa), "n": len(probe.qa), "kl_to_base": 0.0},
+            "module": {"accuracy": sum(m["accuracy"] for m in measured) / n, "n": len(probe.qa),
+                       "kl_to_base": sum(m["kl_to_initial"] for m in measured) / n}}
+
+
 def knowledge_result(qs: QuestionSet, rows: dict[str, list[str]], retention: dict[str, dict] | None) -> dict:
     """{"n", "questions", "answers", "accuracy", "retention": {row: {"accuracy", "n", "kl_to_base"}}}."""
     return {"n": len(qs.qa), "questions": qs.questions, "answers": rows,
@@ -78,16 +86,6 @@ def knowledge_table(result: dict, labels: dict[str, str] | None = None) -> str:
         kept = ret.get(key)
         lines.append(f"| {labels.get(key, key)} | {right}/{n} | "
                      + (f"{kept['accuracy']:g}/{kept['n']} | {kept['kl_to_base']:.4f} |" if kept else "– | – |"))
-    return "\n".join(lines)
-
-
-def answers_table(result: dict, labels: dict[str, str] | None = None) -> str:
-    labels = {**ROWS, **(labels or {})}
-    clean = lambda s: s.replace("|", "\\|").replace("\n", " ")[:120]  # noqa: E731
-    names = list(result["answers"])
-    lines = ["| question | " + " | ".join(labels.get(k, k) for k in names) + " |", "|---" * (len(names) + 1) + "|"]
-    for i, q in enumerate(result["questions"]):
-        lines.append(f"| {clean(q)} | " + " | ".join(clean(result["answers"][k][i]) for k in names) + " |")
     return "\n".join(lines)
 
 
@@ -129,6 +127,6 @@ def write_knowledge_report(out: Path, title: str, lines: list[str], result: dict
     out.mkdir(parents=True, exist_ok=True)
     plot_knowledge(out / f"{stem}.png", result, labels)
     text = "\n".join([f"# {title}", "", *lines, "", knowledge_table(result, labels), "", f"![knowledge]({stem}.png)",
-                      "", "## Answers", "", answers_table(result, labels), ""])
+                      "", "## Answers", "", answers_table(result, {**ROWS, **(labels or {})}), ""])
     atomic_write_text(out / f"{stem}.md", text)
     return text

@@ -27,11 +27,11 @@ from ctxdistill.artifacts import save_adapter, sha256_text, write_manifest
 from ctxdistill.chunks import Chunk, chunk_document
 from ctxdistill.config import DistillConfig
 from ctxdistill.documents import Document, read_documents
-from ctxdistill.evaluation import DriftProbe, contains_any, score
+from ctxdistill.evaluation import DriftProbe, score
 from ctxdistill.generation import generate
 from ctxdistill.io import atomic_write_text, read_jsonl, read_prompts, read_qa, write_jsonl
 from ctxdistill.knowledge_eval import (base_rows, knowledge_result, knowledge_table, module_rows, question_set,
-                                       write_knowledge_report)
+                                       retention_rows, write_knowledge_report)
 from ctxdistill.library import write_module_manifest
 from ctxdistill.losses import DistillLoss, collate_pairs
 from ctxdistill.models import add_lora, cache_dir, enable_gradient_checkpointing, load_adapter
@@ -163,7 +163,7 @@ def run(cfg: DistillConfig, docs_file: str, out_dir: str, resume: bool = False, 
     objective = cfg.build_objective() if objective_name == "dcd" else Objective({"sft": 1.0})
     base_fingerprint = training_fingerprint_config(cfg)
     module_answers: dict[str, list[str | None]] = {k: [None] * len(items) for k in ("module", "module_retrieval")}
-    module_reports, train_seconds = [], 0.0
+    module_reports, measured, train_seconds = [], [], 0.0  # measured: each module's retention probe
     for n, (name, group) in enumerate(groups):
         target = out / "modules" / name if per_document else out / "adapter"
         pairs = group_pairs(cfg, objective_name, tokenizer, group, doc_ids, rows, by_key, window)
@@ -210,7 +210,8 @@ def run(cfg: DistillConfig, docs_file: str, out_dir: str, resume: bool = False, 
                     module_answers[key][i] = a
             kept = probe.measure(student)
             eval_seconds += time.time() - t_eval
-            report.update({"knowledge": sum(_right(module_answers["module"][i], items[i][1]) for i in mine),
+            measured.append(kept)
+            report.update({"knowledge": score([module_answers["module"][i] for i in mine], [items[i][1] for i in mine]),
                            "questions": len(mine), "retention": kept["accuracy"], "retention_n": kept["n"],
                            "kl_to_base": round(kept["kl_to_initial"], 5), "retention_answers": kept["answers"]})
             if result is not None:
@@ -238,14 +239,7 @@ def run(cfg: DistillConfig, docs_file: str, out_dir: str, resume: bool = False, 
         result = None
         if qs:
             answers = {**reference, **{k: [a or "" for a in v] for k, v in module_answers.items()}}
-            n_mod = len(module_reports)
-            retention_rows = {
-                "closed_book": {"accuracy": score(probe.initial_answers, probe.qa),
-                                "n": len(probe.qa), "kl_to_base": 0.0},
-                # several modules: their mean (each module's own numbers are in the report's lines and manifest)
-                "module": {"accuracy": sum(r["retention"] for r in module_reports) / n_mod, "n": len(probe.qa),
-                           "kl_to_base": sum(r["kl_to_base"] for r in module_reports) / n_mod}}
-            result = knowledge_result(qs, answers, retention_rows)
+            result = knowledge_result(qs, answers, retention_rows(probe, measured))
         total_steps = sum(r.get("train_steps", 0) for r in module_reports)
         metrics = {"generation_seconds": round(generation_seconds, 1), "train_seconds": round(train_seconds, 1),
                    "eval_seconds": round(eval_seconds, 1), "total_seconds": round(time.time() - t_start, 1),
@@ -320,8 +314,3 @@ def anchor_pair(tokenizer, anchor: dict) -> Pair:
 
 def read_retention(path: str | None) -> list[dict]:
     return read_qa(path or BUNDLED_RETENTION, "--retention")
-
-
-def _right(answer: str | None, item: dict) -> bool:
-    return answer is not None and contains_any(answer, item["a"])
-
