@@ -26,7 +26,7 @@ class DistillConfig:
     device: str = ""  # "" picks cuda when present, else cpu
     context_kind: str = "system"  # system | prefix | document
     mode: str = "sequential"  # several contexts: sequential (one after another) | ensemble (averaged teachers)
-    ensemble_weighting: str = "posterior"  # ensemble: views weighed by p(context | completion so far) | uniform
+    ensemble_weighting: str = "posterior"  # ensemble: views weighed by p(context | query, completion so far) | uniform
     replay: float = 1.0  # sequential: each later stage also replays this many × its size of earlier samples
     num_examples: int = 4  # --examples: examples shown to the teacher per query (a fresh subset each time)
     example_sets: int = 1  # --examples: subsets per query whose teacher distributions are averaged

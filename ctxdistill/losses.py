@@ -26,6 +26,11 @@ class PairBatch:
     pairs: list[Pair] | None = None  # kept for teachers that look rows up (the top-k cache)
     extra_views: list | None = None  # ensemble: further (ids, mask, rows) teacher views of the same rows
     view_weights: torch.Tensor | None = None  # rows × views: each row's weight of each view (sums to 1)
+    # ensemble: the rows that predict each pair's query tokens, per view ((batch, position) each), their labels and
+    # pair index; p(query | view) is evidence for the posterior weights. None when no pair located its query.
+    query_rows: list | None = None
+    query_labels: torch.Tensor | None = None
+    query_pair: torch.Tensor | None = None
 
     def to(self, device) -> "PairBatch":
         def move(x):
@@ -53,14 +58,36 @@ def collate_pairs(pairs: list[Pair], pad_id: int, skip_first: int = 0) -> PairBa
         views = [p.teacher_views[v] if v < len(p.teacher_views) else p.teacher_views[0] for p in pairs]
         ids, mask = pad_right([ids for ids, _ in views], pad_id)
         more.append((ids, mask, completion_rows([n_prompt for _, n_prompt in views], n, skip_first)))
-    weights = None
+    weights, query = None, (None, None, None)
     if more:
         per_pair = torch.tensor([[1.0 / len(p.teacher_views) if v < len(p.teacher_views) else 0.0
                                   for v in range(n_views)] for p in pairs])
         weights = per_pair.repeat_interleave(torch.tensor([max(0, c - skip_first) for c in n]), 0)
+        query = _query_rows(pairs, t_index, n_views)
     return PairBatch(s_ids, s_mask, completion_rows([p.student_prompt_len for p in pairs], n, skip_first),
                      t_ids, t_mask, _teacher_rows(pairs, t_index, n, skip_first), labels,
-                     list(pairs), more or None, weights)
+                     list(pairs), more or None, weights, *query)
+
+
+def _query_rows(pairs: list[Pair], t_index: list[int], n_views: int):
+    """Per view, the (batch, position) rows predicting each located query token; their labels and pair index."""
+    have = [(b, p) for b, p in enumerate(pairs) if p.query_span and len(p.teacher_views) == n_views]
+    if not have:
+        return None, None, None
+    rows = []
+    for v in range(n_views):
+        b_idx, pos = [], []
+        for b, p in have:
+            ids, prompt_len = p.teacher_views[v]
+            back, length = p.query_span
+            b_idx += [t_index[b] if v == 0 else b] * length  # view 0 lives in the (shared) teacher rows
+            pos += range(prompt_len - back - 1, prompt_len - back - 1 + length)
+        rows.append((torch.tensor(b_idx, dtype=torch.long), torch.tensor(pos, dtype=torch.long)))
+    labels = torch.tensor([t for _, p in have for t in p.teacher_ids[p.teacher_prompt_len - p.query_span[0]:
+                                                                     p.teacher_prompt_len - p.query_span[0]
+                                                                     + p.query_span[1]]], dtype=torch.long)
+    pair_of = torch.tensor([b for b, p in have for _ in range(p.query_span[1])], dtype=torch.long)
+    return rows, labels, pair_of
 
 
 def _teacher_rows(pairs: list[Pair], t_index: list[int], n: list[int], skip_first: int):
@@ -124,12 +151,14 @@ class DistillLoss(torch.nn.Module):
             if batch.extra_views:  # an ensemble of contexts: average the views' distributions
                 if with_layers:
                     raise CtxDistillError("The hidden-state term is not defined for an ensemble of teacher views.")
-                hiddens = [teacher_rows.hidden]
+                hiddens, finals = [teacher_rows.hidden], [(t_final, offset)]
                 for ids, mask, rows in batch.extra_views:
                     final, _, off = self.teacher.states(ids, mask)
                     hiddens.append(final[rows[0], rows[1] - off])
+                    finals.append((final, off))
                 weights = batch.view_weights
-                if self.ensemble_weighting == "posterior":  # each view weighed by how well it explains y_<t
+                if self.ensemble_weighting == "posterior":  # each view weighed by how well it explains q and y_<t
+                    weights = self._query_evidence(batch, finals, weights)
                     logp = torch.stack([token_logprobs(h, self.teacher.head, batch.labels, self.chunk_size)
                                         for h in hiddens], 1)
                     weights = posterior_view_weights(weights, logp, batch.student_rows[0])
@@ -141,3 +170,15 @@ class DistillLoss(torch.nn.Module):
             t_sel = [h[t_idx] for h in _pick_layers(t_layers, obj.hidden_layers)]
             loss = loss + obj.hidden_weight * hidden_state_term(s_sel, t_sel)
         return loss, batch.student_mask.sum()
+
+    def _query_evidence(self, batch: PairBatch, finals: list, prior: torch.Tensor) -> torch.Tensor:
+        """The views' prior at each row times p(query | view), renormalized: p(view | query), before any y."""
+        if batch.query_rows is None or any(bool((rows[1] < off).any())
+                                           for (_, off), rows in zip(finals, batch.query_rows)):
+            return prior  # no located query (or it lies inside the shared encoded prefix): the prior stands
+        logp = torch.stack([token_logprobs(final[rows[0], rows[1] - off], self.teacher.head, batch.query_labels,
+                                           self.chunk_size) for (final, off), rows in zip(finals, batch.query_rows)], 1)
+        n_pairs = len(batch.pairs)
+        per_pair = torch.zeros(n_pairs, logp.shape[1], device=logp.device).index_add_(0, batch.query_pair, logp)
+        row_pair = batch.student_rows[0]  # the pair (student batch index) of every completion row
+        return torch.softmax(prior.clamp_min(1e-30).log() + per_pair[row_pair], dim=1) * (prior > 0)

@@ -110,13 +110,15 @@ class Pair:
     """One (teacher view, student view) with the completion at the end of both.
 
     `more_teachers` are further teacher views (ids, prompt length) of the same completion under other contexts:
-    the teacher distribution is then the average over all views (an ensemble)."""
+    the teacher distribution is then the average over all views (an ensemble). `query_span` = (back, length): the
+    query's tokens sit `back` tokens before the end of every teacher prompt; p(query | view) weighs the views."""
 
     teacher_ids: list[int]
     student_ids: list[int]
     teacher_prompt_len: int
     student_prompt_len: int
     more_teachers: list[tuple[list[int], int]] = field(default_factory=list)
+    query_span: tuple[int, int] | None = None
 
     def __post_init__(self):
         completion = self.student_ids[self.student_prompt_len:]
@@ -141,11 +143,12 @@ class Pair:
 
 def build_pair(teacher_prompt: Sequence[int], student_prompt: Sequence[int], completion: Sequence[int],
                header: Sequence[int] | None = None, max_len: int | None = None, thought: Sequence[int] = (),
-               more_teacher_prompts: Sequence[Sequence[int]] = ()) -> Pair:
+               more_teacher_prompts: Sequence[Sequence[int]] = (), query: Sequence[int] = ()) -> Pair:
     """Append the same completion ids to both prompts; check both prompts end in the assistant header.
 
     `thought`: the teacher's scratch-pad (its reasoning up to the answer delimiter), seen by the teacher only, between
-    its prompt and the completion. `more_teacher_prompts`: the same query under other contexts (an ensemble)."""
+    its prompt and the completion. `more_teacher_prompts`: the same query under other contexts (an ensemble).
+    `query`: the query's own token ids; with several views they are located in the prompts (`Pair.query_span`)."""
     teacher_prompts = [list(teacher_prompt), *[list(p) for p in more_teacher_prompts]]
     if header is not None:
         n = len(header)
@@ -154,12 +157,27 @@ def build_pair(teacher_prompt: Sequence[int], student_prompt: Sequence[int], com
                                   "rendered with different chat templates. Render both with one tokenizer.")
     completion, thought = list(completion), list(thought)
     views = [(p + thought + completion, len(p) + len(thought)) for p in teacher_prompts]
-    pair = Pair(views[0][0], list(student_prompt) + completion, views[0][1], len(student_prompt), views[1:])
+    span = query_span(teacher_prompts, list(query)) if query and len(teacher_prompts) > 1 else None
+    if span is not None:
+        span = (span[0] + len(thought), span[1])  # counted back from the end of prompt + scratch-pad
+    pair = Pair(views[0][0], list(student_prompt) + completion, views[0][1], len(student_prompt), views[1:], span)
     longest = max(len(ids) for ids, _ in views)
     if max_len is not None and longest > max_len:
         raise CtxDistillError(f"Context + query + completion is {longest} tokens, longer than the model window "
                               f"({max_len}). Shorten the context or lower max_new_tokens.")
     return pair
+
+
+def query_span(prompts: list[list[int]], query: list[int]) -> tuple[int, int] | None:
+    """(tokens back from the prompt end, length) of the last occurrence of `query` in the first prompt, if every
+    prompt holds it at the same distance from its end (the part after the contexts); else None."""
+    first, n = prompts[0], len(query)
+    for start in range(len(first) - n, 0, -1):
+        if first[start:start + n] == query:
+            back = len(first) - start
+            same = all(len(p) - back > 0 and p[len(p) - back:len(p) - back + n] == query for p in prompts[1:])
+            return (back, n) if same else None
+    return None
 
 
 def pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -78,7 +78,8 @@ def test_few_shot_examples_are_a_fresh_subset_per_query_for_the_teacher_only(mon
     assert {s["query"] for s in samples} == set(queries)
 
 
-def test_sequential_mode_trains_one_stage_per_context_and_ensemble_averages_them(tokenizer, tiny_model_dir, tmp_path):
+def test_sequential_mode_trains_one_stage_per_context_and_ensemble_averages_them(monkeypatch, tokenizer, tiny_model_dir,
+                                                                                 tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps({"context": "Your name is Pip.", "prompts": ["Who are you?", "Your name?"],
                              "eval": [{"q": "What is your name?", "a": ["Pip"]}]}))
@@ -93,6 +94,10 @@ def test_sequential_mode_trains_one_stage_per_context_and_ensemble_averages_them
     assert manifest["metrics"]["evaluation"]["n"] == 2  # each file's own eval questions
 
     ens = tmp_path / "ens"
+    captured = []
+    real_train = offline.train
+    monkeypatch.setattr(offline, "train", lambda acc, loss, pairs, *a, **k: captured.extend(pairs)
+                        or real_train(acc, loss, pairs, *a, **k))
     offline.run(config(tiny_model_dir, "mode=ensemble"), [str(a), str(b)], None, str(ens))
     manifest = json.loads((ens / "manifest.json").read_text())
     assert manifest["metrics"]["stage_steps"] == [2]
@@ -100,6 +105,11 @@ def test_sequential_mode_trains_one_stage_per_context_and_ensemble_averages_them
     # Every sample is scored under both contexts; the one it was sampled under comes first.
     assert all(len(s["contexts"]) == 2 for s in samples)
     assert [s["contexts"][0] for s in samples if s["source"] == 1] == ["The lighthouse is on Gullrock."]
+    # Each pair knows where its query sits in every view, so p(query | context) can weigh the views.
+    for pair, sample in zip(captured, samples):
+        back, length = pair.query_span
+        for ids, n in pair.teacher_views:
+            assert tokenizer.decode(ids[n - back:n - back + length]) == sample["query"]
 
 
 def test_later_sequential_stages_replay_earlier_samples(monkeypatch, tiny_model_dir, tmp_path):
@@ -235,3 +245,39 @@ def test_bad_inputs_for_the_new_options(tiny_model_dir, persona_files, tmp_path)
         load_config(sets=["mode=parallel"])
     with pytest.raises(CtxDistillError, match="Nothing to distill"):
         offline.run(config(tiny_model_dir), [], None, str(tmp_path / "r3"))
+
+
+def test_ensemble_posterior_also_weighs_each_view_by_how_well_it_explains_the_query(tokenizer, tiny_model):
+    """With the query located in the prompts, view i weighs p_i(query) · p_i(y_<t): p(context | query, y_<t)."""
+    header = assistant_header(tokenizer)
+    contexts = [Context("Glimmerfen is a marsh village."), Context("Your name is Quibble, and you are a fox.")]
+    question = "When was Glimmerfen founded?"
+    prompts = [render_prompt(tokenizer, question, c) for c in contexts]
+    query = tokenizer(question, add_special_tokens=False)["input_ids"]
+    y = tokenizer("In 1604.", add_special_tokens=False)["input_ids"]
+    pair = build_pair(prompts[0], render_prompt(tokenizer, question), y, header, more_teacher_prompts=prompts[1:],
+                      query=query)
+    back, length = pair.query_span
+    assert length == len(query)
+    for ids, n in pair.teacher_views:  # the span points at the query in every view
+        assert ids[n - back:n - back + length] == query
+    blind = build_pair(prompts[0], render_prompt(tokenizer, question), y, header, more_teacher_prompts=prompts[1:])
+    assert blind.query_span is None
+    teacher = Teacher(tiny_model, frozen_copy=True)
+    with_query = DistillLoss(tiny_model, teacher, Objective())(collate_pairs([pair], tokenizer.pad_token_id))[0]
+    without = DistillLoss(tiny_model, teacher, Objective())(collate_pairs([blind], tokenizer.pad_token_id))[0]
+    with torch.no_grad():
+        probs, q_logp = [], []
+        for ids, n in pair.teacher_views:
+            logp = torch.log_softmax(tiny_model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+            probs.append(logp[n - 1:n - 1 + len(y)].exp())
+            start = n - back
+            q_logp.append(logp[start - 1:start - 1 + length].gather(1, torch.tensor(query)[:, None]).sum())
+        s_logits = tiny_model(input_ids=torch.tensor([pair.student_ids])).logits[0, pair.student_prompt_len - 1:-1]
+        s_log = torch.log_softmax(s_logits.double(), -1)
+        tok = torch.stack([p[torch.arange(len(y)), torch.tensor(y)].log() for p in probs], 1)
+        w = torch.softmax(torch.stack(q_logp)[None] + torch.cumsum(tok, 0) - tok, dim=1)
+        mix = w[:, :1] * probs[0] + w[:, 1:] * probs[1]
+        reference = (mix * (mix.log() - s_log)).sum()
+    torch.testing.assert_close(with_query.double(), reference, rtol=1e-4, atol=1e-4)
+    assert not torch.isclose(with_query, without)

@@ -217,10 +217,11 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
                 dropped += 1
                 continue
             thought, answer = split
-        t_prompts = [render_prompt(tokenizer, teacher_query(s["query"], cfg), Context(text, cfg.context_kind))
-                     for text in s["contexts"]]
+        query = teacher_query(s["query"], cfg)
+        t_prompts = [render_prompt(tokenizer, query, Context(text, cfg.context_kind)) for text in s["contexts"]]
         pairs.append(build_pair(t_prompts[0], render_prompt(tokenizer, s["query"]), answer, header, window,
-                                thought=thought, more_teacher_prompts=t_prompts[1:]))
+                                thought=thought, more_teacher_prompts=t_prompts[1:],
+                                query=tokenizer(query, add_special_tokens=False)["input_ids"]))
         sources_of.append(s["source"])
     if dropped:
         accelerator.print(f"{dropped} of {len(samples)} scratch-pad samples had no '{cfg.answer_delimiter}' and "
