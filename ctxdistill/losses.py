@@ -24,11 +24,9 @@ class PairBatch:
     teacher_rows: tuple[torch.Tensor, torch.Tensor]
     labels: torch.Tensor  # the completion ids of the rows, row-aligned
     pairs: list[Pair] | None = None  # kept for teachers that look rows up (the top-k cache)
-    extra_views: list | None = None  # ensemble: further (ids, mask, rows) teacher views of the same rows
-    view_weights: torch.Tensor | None = None  # rows × views: each row's weight of each view (sums to 1)
-    # ensemble: the rows that predict each pair's query tokens, per view ((batch, position) each), their labels and
-    # pair index; p(query | view) is evidence for the posterior weights. None when no pair located its query.
-    query_rows: list | None = None
+    # ensemble (pairs with several teacher views): rows × views, each row's prior weight of each view (sums to 1);
+    # the labels of the rows predicting each pair's located query tokens, and their pair index (None if none).
+    view_weights: torch.Tensor | None = None
     query_labels: torch.Tensor | None = None
     query_pair: torch.Tensor | None = None
 
@@ -36,8 +34,6 @@ class PairBatch:
         def move(x):
             if isinstance(x, tuple):
                 return tuple(move(t) for t in x)
-            if isinstance(x, list) and x and isinstance(x[0], tuple):
-                return [move(t) for t in x]
             return x.to(device) if isinstance(x, torch.Tensor) else x
 
         return PairBatch(**{k: move(v) for k, v in self.__dict__.items()})
@@ -51,43 +47,28 @@ def collate_pairs(pairs: list[Pair], pad_id: int, skip_first: int = 0) -> PairBa
     t_ids, t_mask = pad_right([list(ids) for ids in unique], pad_id)
     n = [p.completion_len for p in pairs]
     labels = torch.tensor([t for p in pairs for t in p.completion[skip_first:]], dtype=torch.long)
-    # Pairs may have different numbers of teacher views: a short list is padded with its first view at weight 0.
+    # An ensemble: the teacher views themselves are run from `pairs` (Teacher.view_rows, grouped by context); a pair
+    # with fewer views than the widest is padded with its first view at weight 0.
     n_views = max(len(p.teacher_views) for p in pairs)
-    more = []
-    for v in range(1, n_views):
-        views = [p.teacher_views[v] if v < len(p.teacher_views) else p.teacher_views[0] for p in pairs]
-        ids, mask = pad_right([ids for ids, _ in views], pad_id)
-        more.append((ids, mask, completion_rows([n_prompt for _, n_prompt in views], n, skip_first)))
-    weights, query = None, (None, None, None)
-    if more:
+    weights, query = None, (None, None)
+    if n_views > 1:
         per_pair = torch.tensor([[1.0 / len(p.teacher_views) if v < len(p.teacher_views) else 0.0
                                   for v in range(n_views)] for p in pairs])
         weights = per_pair.repeat_interleave(torch.tensor([max(0, c - skip_first) for c in n]), 0)
-        query = _query_rows(pairs, t_index, n_views)
+        query = _query_labels(pairs, n_views)
     return PairBatch(s_ids, s_mask, completion_rows([p.student_prompt_len for p in pairs], n, skip_first),
                      t_ids, t_mask, _teacher_rows(pairs, t_index, n, skip_first), labels,
-                     list(pairs), more or None, weights, *query)
+                     list(pairs), weights, *query)
 
 
-def _query_rows(pairs: list[Pair], t_index: list[int], n_views: int):
-    """Per view, the (batch, position) rows predicting each located query token; their labels and pair index."""
+def _query_labels(pairs: list[Pair], n_views: int):
+    """The query tokens of every pair that located its query in all its views, and the pair each belongs to."""
     have = [(b, p) for b, p in enumerate(pairs) if p.query_span and len(p.teacher_views) == n_views]
     if not have:
-        return None, None, None
-    rows = []
-    for v in range(n_views):
-        b_idx, pos = [], []
-        for b, p in have:
-            ids, prompt_len = p.teacher_views[v]
-            back, length = p.query_span
-            b_idx += [t_index[b] if v == 0 else b] * length  # view 0 lives in the (shared) teacher rows
-            pos += range(prompt_len - back - 1, prompt_len - back - 1 + length)
-        rows.append((torch.tensor(b_idx, dtype=torch.long), torch.tensor(pos, dtype=torch.long)))
-    labels = torch.tensor([t for _, p in have for t in p.teacher_ids[p.teacher_prompt_len - p.query_span[0]:
-                                                                     p.teacher_prompt_len - p.query_span[0]
-                                                                     + p.query_span[1]]], dtype=torch.long)
-    pair_of = torch.tensor([b for b, p in have for _ in range(p.query_span[1])], dtype=torch.long)
-    return rows, labels, pair_of
+        return None, None
+    spans = [(b, p.teacher_ids[p.teacher_prompt_len - p.query_span[0]:][:p.query_span[1]]) for b, p in have]
+    return (torch.tensor([t for _, ids in spans for t in ids], dtype=torch.long),
+            torch.tensor([b for b, ids in spans for _ in ids], dtype=torch.long))
 
 
 def _teacher_rows(pairs: list[Pair], t_index: list[int], n: list[int], skip_first: int):
@@ -144,25 +125,22 @@ class DistillLoss(torch.nn.Module):
         if isinstance(self.teacher, TopKCache):
             teacher_rows = self.teacher.rows(batch.pairs, self.skip_first)
             teacher_rows.ids, teacher_rows.logp = teacher_rows.ids.to(device), teacher_rows.logp.to(device)
+        elif self.teacher is not None and batch.view_weights is not None:  # an ensemble: mix the views
+            if with_layers:
+                raise CtxDistillError("The hidden-state term is not defined for an ensemble of teacher views.")
+            hiddens, query_hiddens = self.teacher.view_rows(batch.pairs, self.skip_first)
+            weights = batch.view_weights
+            if self.ensemble_weighting == "posterior":  # each view weighed by how well it explains q and y_<t
+                if query_hiddens is not None:
+                    weights = self._query_evidence(batch, query_hiddens, weights)
+                logp = torch.stack([token_logprobs(h, self.teacher.head, batch.labels, self.chunk_size)
+                                    for h in hiddens], 1)
+                weights = posterior_view_weights(weights, logp, batch.student_rows[0])
+            teacher_rows = TeacherMixture(hiddens, self.teacher.head, weights)
         elif self.teacher is not None:
             t_final, t_layers, offset = self.teacher.states(batch.teacher_ids, batch.teacher_mask, with_layers)
             t_idx = (batch.teacher_rows[0], batch.teacher_rows[1] - offset)
             teacher_rows = TeacherLogits(t_final[t_idx], self.teacher.head)
-            if batch.extra_views:  # an ensemble of contexts: average the views' distributions
-                if with_layers:
-                    raise CtxDistillError("The hidden-state term is not defined for an ensemble of teacher views.")
-                hiddens, finals = [teacher_rows.hidden], [(t_final, offset)]
-                for ids, mask, rows in batch.extra_views:
-                    final, _, off = self.teacher.states(ids, mask)
-                    hiddens.append(final[rows[0], rows[1] - off])
-                    finals.append((final, off))
-                weights = batch.view_weights
-                if self.ensemble_weighting == "posterior":  # each view weighed by how well it explains q and y_<t
-                    weights = self._query_evidence(batch, finals, weights)
-                    logp = torch.stack([token_logprobs(h, self.teacher.head, batch.labels, self.chunk_size)
-                                        for h in hiddens], 1)
-                    weights = posterior_view_weights(weights, logp, batch.student_rows[0])
-                teacher_rows = TeacherMixture(hiddens, self.teacher.head, weights)
         loss = head_loss(s_rows, output_head(self.student), teacher_rows if obj.needs_teacher_logits else None,
                          batch.labels, obj, self.chunk_size) if obj.terms else s_rows.sum() * 0.0
         if with_layers:
@@ -171,14 +149,11 @@ class DistillLoss(torch.nn.Module):
             loss = loss + obj.hidden_weight * hidden_state_term(s_sel, t_sel)
         return loss, batch.student_mask.sum()
 
-    def _query_evidence(self, batch: PairBatch, finals: list, prior: torch.Tensor) -> torch.Tensor:
+    def _query_evidence(self, batch: PairBatch, query_hiddens: list, prior: torch.Tensor) -> torch.Tensor:
         """The views' prior at each row times p(query | view), renormalized: p(view | query), before any y."""
-        if batch.query_rows is None or any(bool((rows[1] < off).any())
-                                           for (_, off), rows in zip(finals, batch.query_rows)):
-            return prior  # no located query (or it lies inside the shared encoded prefix): the prior stands
-        logp = torch.stack([token_logprobs(final[rows[0], rows[1] - off], self.teacher.head, batch.query_labels,
-                                           self.chunk_size) for (final, off), rows in zip(finals, batch.query_rows)], 1)
-        n_pairs = len(batch.pairs)
-        per_pair = torch.zeros(n_pairs, logp.shape[1], device=logp.device).index_add_(0, batch.query_pair, logp)
+        logp = torch.stack([token_logprobs(h, self.teacher.head, batch.query_labels, self.chunk_size)
+                            for h in query_hiddens], 1)
+        per_pair = torch.zeros(len(batch.pairs), logp.shape[1], device=logp.device).index_add_(0, batch.query_pair,
+                                                                                                logp)
         row_pair = batch.student_rows[0]  # the pair (student batch index) of every completion row
         return torch.softmax(prior.clamp_min(1e-30).log() + per_pair[row_pair], dim=1) * (prior > 0)

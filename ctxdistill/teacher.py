@@ -6,18 +6,21 @@ A teacher scores the teacher views with frozen weights and hands back hidden sta
 - another model with the same tokenizer (for instance a bigger one),
 - or a top-k cache on disk, see `topk_cache.py`.
 A context every teacher view starts with is encoded once (`encode_prefix`) and its KV cache is reused by every
-teacher forward: the teacher then only runs the query and the completion.
+teacher forward: the teacher then only runs the query and the completion. An ensemble's views differ in their
+context, so `view_rows` groups them by context and keeps each context's KV cache across batches.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from ctxdistill import CtxDistillError
+from ctxdistill.pairs import pad_right
 
 
 def base_model(model):
@@ -113,7 +116,8 @@ def load_teacher_model(name: str, student_tokenizer, dtype: str, device):
 class Teacher:
     """Scores views with frozen weights: the adapter-disabled student, a frozen copy, or another model."""
 
-    def __init__(self, student, frozen_copy: bool = False, other=None, live: bool = False):
+    def __init__(self, student, frozen_copy: bool = False, other=None, live: bool = False,
+                 context_cache_tokens: int = 16384):
         self.student = student
         self.live = live  # the student's current weights, adapter on (no gradient flows through the teacher)
         self.copy = None
@@ -123,6 +127,9 @@ class Teacher:
             self.copy = copy.deepcopy(base_model(student)).eval()
             self.copy.requires_grad_(False)
         self.prefix: PrefixKV | None = None
+        # Ensemble views: each context's KV cache, least recently used dropped beyond `context_cache_tokens` (0: off).
+        self.contexts: OrderedDict[tuple, PrefixKV] = OrderedDict()
+        self.context_cache_tokens = context_cache_tokens
 
     @property
     def model(self):
@@ -173,3 +180,55 @@ class Teacher:
     @property
     def head(self) -> torch.nn.Module:
         return output_head(self.model)
+
+    def _context_kv(self, ids: tuple) -> PrefixKV:
+        """The KV cache of one context part, encoded on first use and kept (least recently used out first)."""
+        if ids in self.contexts:
+            self.contexts.move_to_end(ids)
+            return self.contexts[ids]
+        kv = encode_prefix(self.model, list(ids))
+        self.contexts[ids] = kv
+        while sum(len(k) for k in self.contexts) > self.context_cache_tokens and len(self.contexts) > 1:
+            self.contexts.popitem(last=False)
+        return kv
+
+    @torch.no_grad()
+    def view_rows(self, pairs, skip_first: int = 0):
+        """An ensemble's views, grouped by context so each context is encoded once and its KV reused.
+
+        Returns (per view, the final hidden states of the completion rows, N × H, in batch row order;
+        per view, those of the rows that predict each located query token, Q × H, or None if no pair has one).
+        A pair with fewer views repeats its first (the collate gives it weight 0)."""
+        n_views = max(len(p.teacher_views) for p in pairs)
+        jobs = []  # (view, pair, ids, prompt_len, split): ids[:split] is the cached context part
+        for b, pair in enumerate(pairs):
+            for v in range(n_views):
+                ids, n = pair.teacher_views[v if v < len(pair.teacher_views) else 0]
+                cache = pair.query_span and not self.live and self.context_cache_tokens > 0
+                split = n - pair.query_span[0] - 1 if cache else 0
+                jobs.append((v, b, ids, n, split if split >= 16 else 0))
+        groups: dict[tuple, list[int]] = {}
+        for j, (_, _, ids, _, split) in enumerate(jobs):
+            groups.setdefault(tuple(ids[:split]), []).append(j)
+        states: list = [None] * len(jobs)
+        device = next(self.model.parameters()).device
+        with self._weights():
+            for key, members in groups.items():
+                prefix = self._context_kv(key) if key else None
+                suffix_ids, suffix_mask = (t.to(device) for t in pad_right([jobs[j][2][len(key):] for j in members], 0))
+                final, _ = decoder_states(self.model, suffix_ids, suffix_mask, prefix=prefix)
+                for row, j in enumerate(members):
+                    states[j] = (final[row], len(key))
+        completion = [[] for _ in range(n_views)]
+        query = [[] for _ in range(n_views)]
+        for (v, b, _, n, _), (final, offset) in zip(jobs, states):
+            pair = pairs[b]
+            start = n - 1 + skip_first
+            completion[v].append(final[start - offset:n - 1 + pair.completion_len - offset])
+            if pair.query_span and len(pair.teacher_views) == n_views:  # as the collate's query labels
+                back, length = pair.query_span
+                query[v].append(final[n - back - 1 - offset:n - back - 1 + length - offset])
+        completion = [torch.cat(rows) for rows in completion]
+        query = [torch.cat(rows) for rows in query] if query[0] else None
+        return completion, query
+

@@ -281,3 +281,39 @@ def test_ensemble_posterior_also_weighs_each_view_by_how_well_it_explains_the_qu
         reference = (mix * (mix.log() - s_log)).sum()
     torch.testing.assert_close(with_query.double(), reference, rtol=1e-4, atol=1e-4)
     assert not torch.isclose(with_query, without)
+
+
+def test_ensemble_views_encode_each_context_once_and_match_full_forwards(monkeypatch, tokenizer, tiny_model):
+    """Teacher.view_rows groups an ensemble's views by context: each context's KV is encoded on first use and reused
+    by later batches, and the completion rows equal those of a plain forward over the whole view."""
+    import ctxdistill.teacher as teacher_module
+
+    header = assistant_header(tokenizer)
+    contexts = [Context("Glimmerfen is a marshland village in the north, founded in 1604 by reed cutters."),
+                Context("Your name is Quibble. You are a fox who lives in the old mill by the river Wend.")]
+    questions = ["When was Glimmerfen founded?", "Who are you?", "Where do you live?"]
+    pairs = []
+    for i, question in enumerate(questions):
+        prompts = [render_prompt(tokenizer, question, c) for c in contexts[i % 2:] + contexts[:i % 2]]
+        y = tokenizer(f"Answer number {i}.", add_special_tokens=False)["input_ids"]
+        pairs.append(build_pair(prompts[0], render_prompt(tokenizer, question), y, header,
+                                more_teacher_prompts=prompts[1:],
+                                query=tokenizer(question, add_special_tokens=False)["input_ids"]))
+    encoded = []
+    real = teacher_module.encode_prefix
+    monkeypatch.setattr(teacher_module, "encode_prefix", lambda m, ids: encoded.append(len(ids)) or real(m, ids))
+    teacher = Teacher(tiny_model, frozen_copy=True)
+    completion, query = teacher.view_rows(pairs[:2], skip_first=1)
+    teacher.view_rows(pairs[2:], skip_first=1)
+    assert len(encoded) == 2 and len(teacher.contexts) == 2  # two contexts, each encoded once for both batches
+    with torch.no_grad():
+        for v in range(2):
+            full, q_full = [], []
+            for pair in pairs[:2]:
+                ids, n = pair.teacher_views[v]
+                hidden = tiny_model.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+                full.append(hidden[n:n - 1 + pair.completion_len])  # skip_first=1 drops the row predicting y[0]
+                back, length = pair.query_span
+                q_full.append(hidden[n - back - 1:n - back - 1 + length])
+            torch.testing.assert_close(completion[v], torch.cat(full), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(query[v], torch.cat(q_full), rtol=1e-4, atol=1e-4)
