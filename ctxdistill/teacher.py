@@ -13,7 +13,7 @@ context, so `view_rows` groups them by context and keeps each context's KV cache
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -207,9 +207,13 @@ class Teacher:
                 cache = pair.query_span and not self.live and self.context_cache_tokens > 0
                 split = n - pair.query_span[0] - 1 if cache else 0
                 jobs.append((v, b, ids, n, split if split >= 16 else 0))
+        # A context is worth its own KV cache if several views in this batch use it, or it is cached already; views
+        # with a context of their own (say, a random subset of examples) run in full, padded into one batch.
+        keys = [tuple(ids[:split]) for _, _, ids, _, split in jobs]
+        uses = Counter(keys)
         groups: dict[tuple, list[int]] = {}
-        for j, (_, _, ids, _, split) in enumerate(jobs):
-            groups.setdefault(tuple(ids[:split]), []).append(j)
+        for j, key in enumerate(keys):
+            groups.setdefault(key if uses[key] > 1 or key in self.contexts else (), []).append(j)
         states: list = [None] * len(jobs)
         device = next(self.model.parameters()).device
         with self._weights():

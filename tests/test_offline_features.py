@@ -306,6 +306,17 @@ def test_ensemble_views_encode_each_context_once_and_match_full_forwards(monkeyp
     completion, query = teacher.view_rows(pairs[:2], skip_first=1)
     teacher.view_rows(pairs[2:], skip_first=1)
     assert len(encoded) == 2 and len(teacher.contexts) == 2  # two contexts, each encoded once for both batches
+    # Contexts used by one view only (a random subset of examples, say) are not cached: they run in full.
+    others = [Context(f"Example set {k}: cat -> CAT, dog -> DOG, owl -> OWL, elk -> ELK.") for k in range(2)]
+    prompts = [render_prompt(tokenizer, "fox", c) for c in others]
+    single = build_pair(prompts[0], render_prompt(tokenizer, "fox"), tokenizer("FOX")["input_ids"], header,
+                        more_teacher_prompts=prompts[1:], query=tokenizer("fox", add_special_tokens=False)["input_ids"])
+    alone, _ = teacher.view_rows([single])
+    assert len(encoded) == 2
+    with torch.no_grad():
+        for v, (ids, n) in enumerate(single.teacher_views):
+            hidden = tiny_model.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+            torch.testing.assert_close(alone[v], hidden[n - 1:n - 1 + single.completion_len], rtol=1e-4, atol=1e-4)
     with torch.no_grad():
         for v in range(2):
             full, q_full = [], []
