@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss_memory.py
 	$(BIN)/python benchmarks/precision.py
+	$(BIN)/python benchmarks/ensemble_teacher.py
 
 bench-trl: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[bench]"          # TRL, for the comparison only

@@ -213,11 +213,12 @@ class Teacher:
         uses = Counter(keys)
         groups: dict[tuple, list[int]] = {}
         for j, key in enumerate(keys):
-            groups.setdefault(key if uses[key] > 1 or key in self.contexts else (), []).append(j)
+            cached = uses[key] > 1 or key in self.contexts
+            groups.setdefault((key, -1) if cached else ((), jobs[j][0]), []).append(j)  # uncached: a batch per view
         states: list = [None] * len(jobs)
         device = next(self.model.parameters()).device
         with self._weights():
-            for key, members in groups.items():
+            for (key, _), members in groups.items():
                 prefix = self._context_kv(key) if key else None
                 suffix_ids, suffix_mask = (t.to(device) for t in pad_right([jobs[j][2][len(key):] for j in members], 0))
                 final, _ = decoder_states(self.model, suffix_ids, suffix_mask, prefix=prefix)
