@@ -99,7 +99,7 @@ class DistillConfig:
     raw_window: int = 256  # knowledge_data=raw: tokens per window (the teacher sees all of it)
     raw_loss_fraction: float = 0.25  # raw: the last share of the window, seen alone by the student, carries the loss
     retrieval_top_k: int = 1  # chunks put in context by the module + retrieval evaluation
-    anchor_fraction: float = 0.0  # dcd: this many × the module's pairs of general prompts where it matches the base
+    anchor_fraction: float = 0.0  # offline, dcd: this many × the pairs of general prompts where the base is matched
     anchor_prompts: str = ""  # their prompts: a file (.txt/.jsonl/.json), or "" for a bundled general set
     # on-policy (onpolicy recipe)
     offline_fraction: float = 0.0  # share of steps trained on teacher samples instead of the student's own

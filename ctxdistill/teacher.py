@@ -198,17 +198,16 @@ class Teacher:
 
         Returns (per view, the final hidden states of the completion rows, N × H, in batch row order;
         per view, those of the rows that predict each located query token, Q × H, or None if no pair has one).
-        A pair with fewer views repeats its first (the collate gives it weight 0)."""
+        A pair with fewer views repeats its first's rows, not its forward (the collate gives them weight 0)."""
         n_views = max(len(p.teacher_views) for p in pairs)
         jobs = []  # (view, pair, ids, prompt_len, split): ids[:split] is the cached context part
         for b, pair in enumerate(pairs):
-            for v in range(n_views):
-                ids, n = pair.teacher_views[v if v < len(pair.teacher_views) else 0]
+            for v, (ids, n) in enumerate(pair.teacher_views):
                 cache = pair.query_span and not self.live and self.context_cache_tokens > 0
                 split = n - pair.query_span[0] - 1 if cache else 0
                 jobs.append((v, b, ids, n, split if split >= 16 else 0))
         # A context is worth its own KV cache if several views in this batch use it, or it is cached already; views
-        # with a context of their own (say, a random subset of examples) run in full, padded into one batch.
+        # with a context of their own (say, a random subset of examples) run in full, one padded batch per view index.
         keys = [tuple(ids[:split]) for _, _, ids, _, split in jobs]
         uses = Counter(keys)
         groups: dict[tuple, list[int]] = {}
@@ -226,13 +225,15 @@ class Teacher:
                     states[j] = (final[row], len(key))
         completion = [[] for _ in range(n_views)]
         query = [[] for _ in range(n_views)]
-        for (v, b, _, n, _), (final, offset) in zip(jobs, states):
-            pair = pairs[b]
-            start = n - 1 + skip_first
-            completion[v].append(final[start - offset:n - 1 + pair.completion_len - offset])
-            if pair.query_span and len(pair.teacher_views) == n_views:  # as the collate's query labels
-                back, length = pair.query_span
-                query[v].append(final[n - back - 1 - offset:n - back - 1 + length - offset])
+        done = {(v, b): (n, state) for (v, b, _, n, _), state in zip(jobs, states)}
+        for b, pair in enumerate(pairs):
+            for v in range(n_views):
+                n, (final, offset) = done[(v, b) if v < len(pair.teacher_views) else (0, b)]
+                start = n - 1 + skip_first
+                completion[v].append(final[start - offset:n - 1 + pair.completion_len - offset])
+                if pair.query_span and len(pair.teacher_views) == n_views:  # as the collate's query labels
+                    back, length = pair.query_span
+                    query[v].append(final[n - back - 1 - offset:n - back - 1 + length - offset])
         completion = [torch.cat(rows) for rows in completion]
         query = [torch.cat(rows) for rows in query] if query[0] else None
         return completion, query

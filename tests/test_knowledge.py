@@ -99,8 +99,8 @@ def test_a_summary_is_plain_text_to_the_student_and_follows_the_chunk_for_the_te
 
 
 def test_anchor_pairs_hold_the_module_to_the_base_on_general_prompts(tokenizer):
+    from ctxdistill.anchors import anchor_pair, make_anchors
     from ctxdistill.config import load_config
-    from ctxdistill.recipes.knowledge import anchor_pair, make_anchors
 
     anchors = make_anchors(load_config(sets=["max_new_tokens=8"]), tiny_llama(tokenizer), tokenizer)
     assert len(anchors) >= 20 and all(a["completion_ids"] for a in anchors)  # the bundled general prompts

@@ -328,3 +328,32 @@ def test_ensemble_views_encode_each_context_once_and_match_full_forwards(monkeyp
                 q_full.append(hidden[n - back - 1:n - back - 1 + length])
             torch.testing.assert_close(completion[v], torch.cat(full), rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(query[v], torch.cat(q_full), rtol=1e-4, atol=1e-4)
+
+
+def test_anchors_join_each_stage_with_the_teachers_own_answers_to_general_prompts(monkeypatch, tokenizer,
+                                                                                  tiny_model_dir, tmp_path):
+    """anchor_fraction: each stage (here the one ensemble stage) gets that share of general prompts, where teacher
+    and student read the same prompt and answer, with no context; in an ensemble they mix with multi-view pairs."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"context": "Your name is Pip.", "prompts": ["Who are you?", "Your name?"]}))
+    b.write_text(json.dumps({"context": "The lighthouse is on Gullrock.", "prompts": ["Where is the lighthouse?",
+                                                                                     "What is on Gullrock?"]}))
+    prompts_file = tmp_path / "anchors.txt"
+    prompts_file.write_text("Name a colour.\nWhat is two plus two?\n")
+    captured = []
+    real_train = offline.train
+    monkeypatch.setattr(offline, "train", lambda acc, loss, pairs, *a, **k: captured.extend(pairs)
+                        or real_train(acc, loss, pairs, *a, **k))
+    out = tmp_path / "run"
+    offline.run(config(tiny_model_dir, "mode=ensemble", "anchor_fraction=0.5", f"anchor_prompts={prompts_file}",
+                       "samples_per_query=2"), [str(a), str(b)], None, str(out))
+    anchors = read_rows(out / "data" / "anchors.jsonl")
+    assert [x["prompt"] for x in anchors] == ["Name a colour.", "What is two plus two?"]
+    single = [p for p in captured if len(p.teacher_views) == 1]
+    assert len(captured) == 8 + 4 and len(single) == 4  # 4 queries × 2 samples, and half as many anchors
+    for pair in single:
+        assert pair.teacher_ids == pair.student_ids  # the same prompt and answer for both: no context
+        shown = tokenizer.decode(pair.student_ids[:pair.student_prompt_len])
+        assert "Name a colour." in shown or "What is two plus two?" in shown
+        assert pair.completion in [x["completion_ids"] for x in anchors]
+    assert json.loads((out / "manifest.json").read_text())["data"]["anchor_pairs"] == 4

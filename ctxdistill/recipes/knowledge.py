@@ -17,19 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import re
 import time
 from pathlib import Path
 
 from ctxdistill import CtxDistillError
+from ctxdistill.anchors import make_anchors, with_anchors
 from ctxdistill.artifacts import save_adapter, sha256_text, write_manifest
 from ctxdistill.chunks import Chunk, chunk_document
 from ctxdistill.config import DistillConfig
 from ctxdistill.documents import Document, read_documents
 from ctxdistill.evaluation import DriftProbe, score
-from ctxdistill.generation import generate
-from ctxdistill.io import atomic_write_text, read_jsonl, read_prompts, read_qa, write_jsonl
+from ctxdistill.io import atomic_write_text, read_jsonl, read_qa, write_jsonl
 from ctxdistill.knowledge_eval import (base_rows, knowledge_result, knowledge_table, module_rows, question_set,
                                        retention_rows, write_knowledge_report)
 from ctxdistill.library import write_module_manifest
@@ -167,9 +166,7 @@ def run(cfg: DistillConfig, docs_file: str, out_dir: str, resume: bool = False, 
     for n, (name, group) in enumerate(groups):
         target = out / "modules" / name if per_document else out / "adapter"
         pairs = group_pairs(cfg, objective_name, tokenizer, group, doc_ids, rows, by_key, window)
-        if anchors and pairs:
-            k = round(cfg.anchor_fraction * len(pairs))
-            pairs += [anchor_pair(tokenizer, a) for a in random.Random(f"{cfg.seed}:{name}").choices(anchors, k=k)]
+        pairs = with_anchors(pairs, anchors, cfg.anchor_fraction, tokenizer, f"{cfg.seed}:{name}")
         if not pairs:
             raise CtxDistillError(f"No training data for {name}: " + (
                 "the synthetic data is empty (raise questions_per_chunk or check question_prompt)." if uses_synthetic
@@ -290,26 +287,6 @@ def group_pairs(cfg: DistillConfig, objective_name: str, tokenizer, group: list[
         return [p for d in group for p in raw_pairs(doc_ids[d.id], min(window, cfg.raw_window),
                                                     cfg.raw_loss_fraction)]
     return synthetic_pairs(tokenizer, own_rows, chunks, window, True, cfg.summary_view)
-
-
-ANCHOR_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "anchor_prompts.json"
-
-
-def make_anchors(cfg: DistillConfig, model, tokenizer) -> list[dict]:
-    """The base's greedy answers to general prompts (before any adapter): the module keeps to them."""
-    prompts = read_prompts(cfg.anchor_prompts) if cfg.anchor_prompts else \
-        json.loads(ANCHOR_PROMPTS.read_text(encoding="utf-8"))["prompts"]
-    model.eval()
-    outs = generate(model, tokenizer, [render_prompt(tokenizer, p) for p in prompts],
-                    max_new_tokens=max(16, cfg.max_new_tokens // 2), temperature=0.0, batch_size=cfg.gen_batch_size,
-                    desc="base answers to the anchor prompts")
-    return [{"prompt": p, "completion_ids": y} for p, y in zip(prompts, outs) if y]
-
-
-def anchor_pair(tokenizer, anchor: dict) -> Pair:
-    """Teacher and student read the same general prompt (no chunk): the base with its adapter off teaches."""
-    ids = render_prompt(tokenizer, anchor["prompt"])
-    return Pair(ids + anchor["completion_ids"], ids + anchor["completion_ids"], len(ids), len(ids))
 
 
 def read_retention(path: str | None) -> list[dict]:

@@ -21,6 +21,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ctxdistill import CtxDistillError
+from ctxdistill.anchors import make_anchors, with_anchors
 from ctxdistill.artifacts import save_trained, sha256_text, write_manifest, write_report
 from ctxdistill.config import DistillConfig
 from ctxdistill.evaluation import evaluate, results_table
@@ -158,6 +159,7 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
     if accelerator.is_main_process:
         check_data_fingerprint(out, {"context_sha256": [sha256_text(s.text) for s in sources],
                                      "prompts": given_prompts, "examples": examples_file, "init_adapter": init_adapter,
+                                     **({"anchor_prompts": cfg.anchor_prompts} if cfg.anchor_prompts else {}),
                                      **{k: getattr(cfg, k) for k in DATA_KEYS}})
 
     # 1. Queries, per source.
@@ -204,6 +206,9 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
 
     with sampler_weights():
         samples = main_process_writes(accelerator, out / "data" / "samples.jsonl", make_samples)
+        # Anchors: general prompts with the teacher's own answers, no context; the student keeps to them there.
+        anchors = main_process_writes(accelerator, out / "data" / "anchors.jsonl",
+                                      lambda: make_anchors(cfg, sampler, tokenizer)) if cfg.anchor_fraction > 0 else []
     generation_seconds = time.time() - t0
 
     # 3. Pairs: the same completion ids after both prompts (after the teacher's scratch-pad, if any).
@@ -248,8 +253,10 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
             stages[n] = own[n] + random.Random(cfg.seed + n).sample(earlier, k)
     budget_free = training_fingerprint_config(cfg)
     results = []
+    anchor_pairs = 0
     for n, stage in enumerate(stages):
-        stage_pairs = [pairs[i] for i in stage]
+        stage_pairs = with_anchors([pairs[i] for i in stage], anchors, cfg.anchor_fraction, tokenizer, f"{cfg.seed}:{n}")
+        anchor_pairs += len(stage_pairs) - len(stage)
         deadline = None
         if cfg.max_minutes:  # the time left is shared by the stages still to run, in proportion to their steps
             planned = [total_steps_for(len(st), train_settings(cfg)) for st in stages[n:]]
@@ -287,7 +294,8 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
         counts = {"sources": [{"name": s.name, "parts": len(s.parts), "examples": len(s.examples or [])}
                               for s in sources],
                   "mode": cfg.mode, "queries": len(queries), "queries_synthesized": not given_prompts,
-                  "samples": len(samples), "pairs": len(pairs), "scratchpad_dropped": dropped,
+                  "samples": len(samples), "pairs": len(pairs), "anchor_pairs": anchor_pairs,
+                  "scratchpad_dropped": dropped,
                   "completion_tokens": sum(p.completion_len for p in pairs)}
         metrics = {"train_steps": steps_done, "total_steps": total_steps, "stopped_by_budget": stopped,
                    "final_loss": history[-1] if history else float("nan"), "train_seconds": round(train_seconds, 1),
@@ -307,6 +315,7 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
                  f"- contexts ({cfg.context_kind}, mode {cfg.mode}): {names}",
                  f"- data: {counts['queries']} queries, {counts['pairs']} teacher samples, "
                  f"{counts['completion_tokens']} completion tokens"
+                 + (f", {anchor_pairs} anchor pairs" if anchor_pairs else "")
                  + (f"; {dropped} scratch-pad samples without '{cfg.answer_delimiter}' dropped" if cfg.scratchpad
                     else ""),
                  f"- training: {steps_done}/{total_steps} steps in {len(results)} stage(s), final loss "
