@@ -110,7 +110,7 @@ class Pair:
     """One (teacher view, student view) with the completion at the end of both.
 
     `more_teachers` are further teacher views (ids, prompt length) of the same completion under other contexts:
-    the teacher distribution is then the average over all views (an ensemble). `query_span` = (back, length): the
+    the teacher distribution is then a mixture of all views (an ensemble, see DistillLoss). `query_span` = (back, length): the
     query's tokens sit `back` tokens before the end of every teacher prompt; p(query | view) weighs the views."""
 
     teacher_ids: list[int]
