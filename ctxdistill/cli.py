@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--context", action="append", default=[],
                    help=".txt file, or .json with \"context\" (and optional \"prompts\", \"eval\"); repeat for several")
     d.add_argument("--mode", default=None, choices=["sequential", "ensemble"],
-                   help="several contexts: one after another, or teachers averaged (default sequential)")
+                   help="several contexts: one after another, or teachers mixed (default sequential)")
     d.add_argument("--examples", default=None, help=".jsonl of {\"input\", \"output\"}: few-shot examples as the context")
     d.add_argument("--init-adapter", default=None, help="start from this adapter (e.g. to overwrite what it holds)")
     d.add_argument("--prompts", default=None, help=".jsonl of {\"prompt\"} or .txt, one per line; synthesized if absent")

@@ -25,7 +25,7 @@ class DistillConfig:
     dtype: str = "auto"  # auto: bf16 where the hardware has it, else fp32
     device: str = ""  # "" picks cuda when present, else cpu
     context_kind: str = "system"  # system | prefix | document
-    mode: str = "sequential"  # several contexts: sequential (one after another) | ensemble (averaged teachers)
+    mode: str = "sequential"  # several contexts: sequential (one after another) | ensemble (teachers mixed)
     ensemble_weighting: str = "posterior"  # ensemble: views weighed by p(context | query, completion so far) | uniform
     replay: float = 1.0  # sequential: each later stage also replays this many × its size of earlier samples
     num_examples: int = 4  # --examples: examples shown to the teacher per query (a fresh subset each time)

@@ -24,11 +24,8 @@ class PairBatch:
     teacher_rows: tuple[torch.Tensor, torch.Tensor]
     labels: torch.Tensor  # the completion ids of the rows, row-aligned
     pairs: list[Pair] | None = None  # kept for teachers that look rows up (the top-k cache)
-    # ensemble (pairs with several teacher views): rows × views, each row's prior weight of each view (sums to 1);
-    # the labels of the rows predicting each pair's located query tokens, and their pair index (None if none).
+    # ensemble (pairs with several teacher views): rows × views, each row's prior weight of each view (sums to 1)
     view_weights: torch.Tensor | None = None
-    query_labels: torch.Tensor | None = None
-    query_pair: torch.Tensor | None = None
 
     def to(self, device) -> "PairBatch":
         def move(x):
@@ -50,25 +47,13 @@ def collate_pairs(pairs: list[Pair], pad_id: int, skip_first: int = 0) -> PairBa
     # An ensemble: the teacher views themselves are run from `pairs` (Teacher.view_rows, grouped by context); a pair
     # with fewer views than the widest is padded with its first view at weight 0.
     n_views = max(len(p.teacher_views) for p in pairs)
-    weights, query = None, (None, None)
+    weights = None
     if n_views > 1:
         per_pair = torch.tensor([[1.0 / len(p.teacher_views) if v < len(p.teacher_views) else 0.0
                                   for v in range(n_views)] for p in pairs])
         weights = per_pair.repeat_interleave(torch.tensor([max(0, c - skip_first) for c in n]), 0)
-        query = _query_labels(pairs, n_views)
     return PairBatch(s_ids, s_mask, completion_rows([p.student_prompt_len for p in pairs], n, skip_first),
-                     t_ids, t_mask, _teacher_rows(pairs, t_index, n, skip_first), labels,
-                     list(pairs), weights, *query)
-
-
-def _query_labels(pairs: list[Pair], n_views: int):
-    """The query tokens of every pair that located its query in all its views, and the pair each belongs to."""
-    have = [(b, p) for b, p in enumerate(pairs) if p.query_span and len(p.teacher_views) == n_views]
-    if not have:
-        return None, None
-    spans = [(b, p.teacher_ids[p.teacher_prompt_len - p.query_span[0]:][:p.query_span[1]]) for b, p in have]
-    return (torch.tensor([t for _, ids in spans for t in ids], dtype=torch.long),
-            torch.tensor([b for b, ids in spans for _ in ids], dtype=torch.long))
+                     t_ids, t_mask, _teacher_rows(pairs, t_index, n, skip_first), labels, list(pairs), weights)
 
 
 def _teacher_rows(pairs: list[Pair], t_index: list[int], n: list[int], skip_first: int):
@@ -128,15 +113,15 @@ class DistillLoss(torch.nn.Module):
         elif self.teacher is not None and batch.view_weights is not None:  # an ensemble: mix the views
             if with_layers:
                 raise CtxDistillError("The hidden-state term is not defined for an ensemble of teacher views.")
-            hiddens, query_hiddens = self.teacher.view_rows(batch.pairs, self.skip_first)
+            views = self.teacher.view_rows(batch.pairs, self.skip_first)
             weights = batch.view_weights
             if self.ensemble_weighting == "posterior":  # each view weighed by how well it explains q and y_<t
-                if query_hiddens is not None:
-                    weights = self._query_evidence(batch, query_hiddens, weights)
+                if views.query is not None:
+                    weights = self._query_evidence(views, weights, batch.student_rows[0], len(batch.pairs))
                 logp = torch.stack([token_logprobs(h, self.teacher.head, batch.labels, self.chunk_size)
-                                    for h in hiddens], 1)
+                                    for h in views.completion], 1)
                 weights = posterior_view_weights(weights, logp, batch.student_rows[0])
-            teacher_rows = TeacherMixture(hiddens, self.teacher.head, weights)
+            teacher_rows = TeacherMixture(views.completion, self.teacher.head, weights)
         elif self.teacher is not None:
             t_final, t_layers, offset = self.teacher.states(batch.teacher_ids, batch.teacher_mask, with_layers)
             t_idx = (batch.teacher_rows[0], batch.teacher_rows[1] - offset)
@@ -149,11 +134,10 @@ class DistillLoss(torch.nn.Module):
             loss = loss + obj.hidden_weight * hidden_state_term(s_sel, t_sel)
         return loss, batch.student_mask.sum()
 
-    def _query_evidence(self, batch: PairBatch, query_hiddens: list, prior: torch.Tensor) -> torch.Tensor:
-        """The views' prior at each row times p(query | view), renormalized: p(view | query), before any y."""
-        logp = torch.stack([token_logprobs(h, self.teacher.head, batch.query_labels, self.chunk_size)
-                            for h in query_hiddens], 1)
-        per_pair = torch.zeros(len(batch.pairs), logp.shape[1], device=logp.device).index_add_(0, batch.query_pair,
-                                                                                                logp)
-        row_pair = batch.student_rows[0]  # the pair (student batch index) of every completion row
+    def _query_evidence(self, views, prior: torch.Tensor, row_pair: torch.Tensor, n_pairs: int) -> torch.Tensor:
+        """The views' prior at each row (of pair `row_pair`) times p(query | view), renormalized: p(view | query)."""
+        logp = torch.stack([token_logprobs(h, self.teacher.head, views.query_labels, self.chunk_size)
+                            for h in views.query], 1)
+        per_pair = torch.zeros(n_pairs, logp.shape[1], device=logp.device)
+        per_pair.index_add_(0, views.query_pair, logp)
         return torch.softmax(prior.clamp_min(1e-30).log() + per_pair[row_pair], dim=1) * (prior > 0)

@@ -67,6 +67,7 @@ def convert_gguf(gguf_file: Path, target: Path) -> Path:
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
         raise CtxDistillError(f"GGUF conversion mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
     def fill(tmp: Path) -> None:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -193,48 +193,57 @@ class Teacher:
         return kv
 
     @torch.no_grad()
-    def view_rows(self, pairs, skip_first: int = 0):
+    def view_rows(self, pairs, skip_first: int = 0) -> "ViewRows":
         """An ensemble's views, grouped by context so each context is encoded once and its KV reused.
 
-        Returns (per view, the final hidden states of the completion rows, N × H, in batch row order;
-        per view, those of the rows that predict each located query token, Q × H, or None if no pair has one).
-        A pair with fewer views repeats its first's rows, not its forward (the collate gives them weight 0)."""
-        n_views = max(len(p.teacher_views) for p in pairs)
-        jobs = []  # (view, pair, ids, prompt_len, split): ids[:split] is the cached context part
+        A context is worth its own KV cache if several views in the batch use it, or it is cached already; views with
+        a context of their own (say, a random subset of examples) run in full, one padded batch per view index. A pair
+        with fewer views than the widest repeats its first view's rows, not its forward (the collate gives them
+        weight 0)."""
+        views = {}  # (view, pair) -> (ids, prompt length, context key: the ids before the row predicting the query)
         for b, pair in enumerate(pairs):
             for v, (ids, n) in enumerate(pair.teacher_views):
                 cache = pair.query_span and not self.live and self.context_cache_tokens > 0
                 split = n - pair.query_span[0] - 1 if cache else 0
-                jobs.append((v, b, ids, n, split if split >= 16 else 0))
-        # A context is worth its own KV cache if several views in this batch use it, or it is cached already; views
-        # with a context of their own (say, a random subset of examples) run in full, one padded batch per view index.
-        keys = [tuple(ids[:split]) for _, _, ids, _, split in jobs]
-        uses = Counter(keys)
-        groups: dict[tuple, list[int]] = {}
-        for j, key in enumerate(keys):
-            cached = uses[key] > 1 or key in self.contexts
-            groups.setdefault((key, -1) if cached else ((), jobs[j][0]), []).append(j)  # uncached: a batch per view
-        states: list = [None] * len(jobs)
+                views[(v, b)] = (ids, n, tuple(ids[:split]) if split >= 16 else ())
+        uses = Counter(key for _, _, key in views.values())
+        groups: dict[tuple, list] = {}
+        for (v, b), (_, _, key) in views.items():
+            shared = bool(key) and (uses[key] > 1 or key in self.contexts)
+            groups.setdefault((key, -1) if shared else ((), v), []).append((v, b))
+        states = {}  # (view, pair) -> (final hidden states of what follows the context, context length)
         device = next(self.model.parameters()).device
         with self._weights():
             for (key, _), members in groups.items():
-                prefix = self._context_kv(key) if key else None
-                suffix_ids, suffix_mask = (t.to(device) for t in pad_right([jobs[j][2][len(key):] for j in members], 0))
-                final, _ = decoder_states(self.model, suffix_ids, suffix_mask, prefix=prefix)
-                for row, j in enumerate(members):
-                    states[j] = (final[row], len(key))
-        completion = [[] for _ in range(n_views)]
-        query = [[] for _ in range(n_views)]
-        done = {(v, b): (n, state) for (v, b, _, n, _), state in zip(jobs, states)}
+                ids, mask = (t.to(device) for t in pad_right([views[m][0][len(key):] for m in members], 0))
+                final, _ = decoder_states(self.model, ids, mask, prefix=self._context_kv(key) if key else None)
+                states.update({m: (final[row], len(key)) for row, m in enumerate(members)})
+        n_views = max(len(p.teacher_views) for p in pairs)
+        completion, query = [[] for _ in range(n_views)], [[] for _ in range(n_views)]
         for b, pair in enumerate(pairs):
             for v in range(n_views):
-                n, (final, offset) = done[(v, b) if v < len(pair.teacher_views) else (0, b)]
-                start = n - 1 + skip_first
-                completion[v].append(final[start - offset:n - 1 + pair.completion_len - offset])
-                if pair.query_span and len(pair.teacher_views) == n_views:  # as the collate's query labels
+                own = (v, b) if v < len(pair.teacher_views) else (0, b)
+                (final, offset), n = states[own], views[own][1]
+                completion[v].append(final[n - 1 + skip_first - offset:n - 1 + pair.completion_len - offset])
+                if pair.query_span:
                     back, length = pair.query_span
                     query[v].append(final[n - back - 1 - offset:n - back - 1 + length - offset])
-        completion = [torch.cat(rows) for rows in completion]
-        query = [torch.cat(rows) for rows in query] if query[0] else None
-        return completion, query
+        located = [(b, p) for b, p in enumerate(pairs) if p.query_span]
+        labels = [p.teacher_ids[p.teacher_prompt_len - p.query_span[0]:][:p.query_span[1]] for _, p in located]
+        return ViewRows([torch.cat(rows) for rows in completion],
+                        [torch.cat(rows) for rows in query] if located else None,
+                        torch.tensor([t for ids in labels for t in ids], dtype=torch.long, device=device),
+                        torch.tensor([b for (b, _), ids in zip(located, labels) for _ in ids], dtype=torch.long,
+                                     device=device))
 
+
+@dataclass
+class ViewRows:
+    """Teacher hidden states of an ensemble's rows, per view (N × H each, in batch row order), and of the rows that
+    predict each located query token (Q × H each, or None when no pair located its query), with those tokens and
+    the pair each belongs to."""
+
+    completion: list[torch.Tensor]
+    query: list[torch.Tensor] | None
+    query_labels: torch.Tensor
+    query_pair: torch.Tensor

@@ -133,7 +133,9 @@ def test_views_of_unequal_count_mix_with_their_own_weights(tokenizer, tiny_model
     student = render_prompt(tokenizer, "Who are you?")
     one = build_pair(render_prompt(tokenizer, "Who are you?", Context("Your name is Pip.")), student, y, header)
     two = build_pair(render_prompt(tokenizer, "Who are you?", Context("Your name is Pip.")), student, y, header,
-                     more_teacher_prompts=[render_prompt(tokenizer, "Who are you?", Context("You are a fox."))])
+                     more_teacher_prompts=[render_prompt(tokenizer, "Who are you?", Context("You are a fox."))],
+                     query=tokenizer("Who are you?", add_special_tokens=False)["input_ids"])
+    assert two.query_span is not None  # its query weighs its two views; `one` has a single view
     teacher = Teacher(tiny_model, frozen_copy=True)
     together = DistillLoss(tiny_model, teacher, Objective())(collate_pairs([one, two], tokenizer.pad_token_id))[0]
     apart = sum(DistillLoss(tiny_model, teacher, Objective())(collate_pairs([p], tokenizer.pad_token_id))[0]
@@ -303,7 +305,8 @@ def test_ensemble_views_encode_each_context_once_and_match_full_forwards(monkeyp
     real = teacher_module.encode_prefix
     monkeypatch.setattr(teacher_module, "encode_prefix", lambda m, ids: encoded.append(len(ids)) or real(m, ids))
     teacher = Teacher(tiny_model, frozen_copy=True)
-    completion, query = teacher.view_rows(pairs[:2], skip_first=1)
+    rows = teacher.view_rows(pairs[:2], skip_first=1)
+    completion, query = rows.completion, rows.query
     teacher.view_rows(pairs[2:], skip_first=1)
     assert len(encoded) == 2 and len(teacher.contexts) == 2  # two contexts, each encoded once for both batches
     # Contexts used by one view only (a random subset of examples, say) are not cached: they run in full.
@@ -311,7 +314,7 @@ def test_ensemble_views_encode_each_context_once_and_match_full_forwards(monkeyp
     prompts = [render_prompt(tokenizer, "fox", c) for c in others]
     single = build_pair(prompts[0], render_prompt(tokenizer, "fox"), tokenizer("FOX")["input_ids"], header,
                         more_teacher_prompts=prompts[1:], query=tokenizer("fox", add_special_tokens=False)["input_ids"])
-    alone, _ = teacher.view_rows([single])
+    alone = teacher.view_rows([single]).completion
     assert len(encoded) == 2
     with torch.no_grad():
         for v, (ids, n) in enumerate(single.teacher_views):

@@ -63,9 +63,8 @@ def make_teacher(cfg: DistillConfig, objective, student, other, pairs, pad_id: i
     # The cache is written before any update, so the student's own weights are the initial ones: no copy needed.
     live = Teacher(student, frozen_copy=cfg.finetune == "full" and not cfg.teacher_cache and other is None,
                    other=other, context_cache_tokens=16384 if cfg.prefix_cache else 0)
-    if cfg.prefix_cache:
-        views = [v for p in pairs for v in p.teacher_views]
-        live.encode_shared_prefix([ids for ids, _ in views], [n for _, n in views])
+    if cfg.prefix_cache and not any(p.more_teachers for p in pairs):  # an ensemble caches per context instead
+        live.encode_shared_prefix([p.teacher_ids for p in pairs], [p.teacher_prompt_len for p in pairs])
     if not cfg.teacher_cache:
         return live
     if any(p.more_teachers for p in pairs):
