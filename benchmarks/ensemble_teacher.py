@@ -26,10 +26,10 @@ PERSONA = "Your name is Brisk. You are a lighthouse keeper's parrot from Saltrea
 def main(steps: int) -> None:
     import torch
 
-    from ctxdistill.losses import DistillLoss, collate_pairs
-    from ctxdistill.models import add_lora, load_model
-    from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
-    from ctxdistill.teacher import Teacher
+    from ctxdistill.core.losses import DistillLoss, collate_pairs
+    from ctxdistill.core.models import add_lora, load_model
+    from ctxdistill.core.pairs import Context, assistant_header, build_pair, render_prompt
+    from ctxdistill.core.teacher import Teacher
 
     torch.manual_seed(0)
     model, tok, _ = load_model("default", "bfloat16", torch.device("cpu"))

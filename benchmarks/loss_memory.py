@@ -13,7 +13,7 @@ import sys
 
 CHILD = r"""
 import json, resource, sys, time, torch, torch.nn.functional as F
-from ctxdistill.objectives import Objective, TeacherLogits, head_loss
+from ctxdistill.core.objectives import Objective, TeacherLogits, head_loss
 variant, name, rows, hidden, vocab, dtype = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6]), sys.argv[6]
 OBJECTIVES = {"forward_kl": Objective({"forward_kl": 1.0}), "reverse_kl": Objective({"reverse_kl": 1.0}),
               "jsd_0.5": Objective({"jsd": 1.0}, jsd_beta=0.5),

@@ -30,10 +30,10 @@ MODES = {"fp32": ("float32", False), "fp32 weights + bf16 autocast": ("float32",
 def run(mode: str, steps: int) -> dict:
     import torch
 
-    from ctxdistill.losses import DistillLoss, collate_pairs
-    from ctxdistill.models import add_lora, load_model
-    from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
-    from ctxdistill.teacher import Teacher
+    from ctxdistill.core.losses import DistillLoss, collate_pairs
+    from ctxdistill.core.models import add_lora, load_model
+    from ctxdistill.core.pairs import Context, assistant_header, build_pair, render_prompt
+    from ctxdistill.core.teacher import Teacher
 
     weights, autocast = MODES[mode]
     torch.manual_seed(0)

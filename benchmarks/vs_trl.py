@@ -35,12 +35,12 @@ def run_ours(steps: int, generate_from_teacher: bool, gradient_checkpointing: bo
              completion_tokens: int = 96, seed: int = 0) -> dict:
     import torch
 
-    from ctxdistill.generation import MergedCopy, generate
-    from ctxdistill.losses import DistillLoss, collate_pairs
-    from ctxdistill.models import add_lora, bf16_supported, enable_gradient_checkpointing, load_model
-    from ctxdistill.objectives import Objective
-    from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
-    from ctxdistill.teacher import Teacher
+    from ctxdistill.core.generation import MergedCopy, generate
+    from ctxdistill.core.losses import DistillLoss, collate_pairs
+    from ctxdistill.core.models import add_lora, bf16_supported, enable_gradient_checkpointing, load_model
+    from ctxdistill.core.objectives import Objective
+    from ctxdistill.core.pairs import Context, assistant_header, build_pair, render_prompt
+    from ctxdistill.core.teacher import Teacher
 
     torch.manual_seed(seed)
     device = torch.device("cpu")

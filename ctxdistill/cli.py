@@ -86,8 +86,8 @@ def _cmd_compare(args) -> None:
     import json
     from pathlib import Path
 
-    from ctxdistill.io import atomic_write_text
-    from ctxdistill.stream import curve_table, plot_curves
+    from ctxdistill.core.files import atomic_write_text
+    from ctxdistill.recipes.doc_stream import curve_table, plot_curves
 
     runs = {}
     for run_dir in args.runs:
@@ -113,8 +113,8 @@ def _cmd_compare(args) -> None:
 def _load_with_adapters(model_name: str | None, adapters: list[str]):
     """The base model (from --model, else the adapters' base_model_name_or_path) with every adapter loaded and
     active (several modules: their deltas add up)."""
-    from ctxdistill.library import base_of, load_adapters, read_module
-    from ctxdistill.models import load_model
+    from ctxdistill.core.models import load_model
+    from ctxdistill.recipes.module_library import base_of, load_adapters, read_module
 
     if not adapters:
         model, tok, _ = load_model(model_name or "default")
@@ -126,7 +126,8 @@ def _load_with_adapters(model_name: str | None, adapters: list[str]):
 
 
 def _cmd_eval(args) -> None:
-    from ctxdistill.io import atomic_write_json, atomic_write_text, read_context, read_qa
+    from ctxdistill.core.files import atomic_write_json, atomic_write_text
+    from ctxdistill.data.inputs import read_context, read_qa
 
     if bool(args.context) == bool(args.docs):
         raise CtxDistillError("Give --context FILE (a distilled context) or --docs FILE (knowledge modules), one of "
@@ -134,8 +135,8 @@ def _cmd_eval(args) -> None:
     if args.docs:
         _eval_knowledge(args)
         return
-    from ctxdistill.evaluation import evaluate, results_table
-    from ctxdistill.pairs import Context
+    from ctxdistill.core.pairs import Context
+    from ctxdistill.eval.evaluation import evaluate, results_table
 
     if not args.adapter or not args.qa:
         raise CtxDistillError("eval --context needs --adapter and --qa.")
@@ -156,14 +157,20 @@ def _eval_knowledge(args) -> None:
     """Closed-book / open-book / retrieval, with and without the modules, and retention: a table and a chart."""
     from pathlib import Path
 
-    from ctxdistill.chunks import chunk_document
-    from ctxdistill.documents import read_documents
-    from ctxdistill.evaluation import DriftProbe
-    from ctxdistill.io import atomic_write_json
-    from ctxdistill.knowledge_eval import (base_rows, knowledge_result, knowledge_table, module_rows, question_set,
-                                           retention_rows, write_knowledge_report)
-    from ctxdistill.recipes.knowledge import read_retention
-    from ctxdistill.stream import gather_qa
+    from ctxdistill.core.files import atomic_write_json
+    from ctxdistill.data.chunks import chunk_document
+    from ctxdistill.data.documents import gather_qa, read_documents
+    from ctxdistill.data.inputs import read_retention
+    from ctxdistill.eval.evaluation import DriftProbe
+    from ctxdistill.eval.knowledge_eval import (
+        base_rows,
+        knowledge_result,
+        knowledge_table,
+        module_rows,
+        question_set,
+        retention_rows,
+        write_knowledge_report,
+    )
 
     if not args.adapter:
         raise CtxDistillError("eval --docs needs at least one --adapter (a module folder).")
@@ -190,9 +197,9 @@ def _eval_knowledge(args) -> None:
 
 
 def _cmd_chat(args) -> None:
-    from ctxdistill.evaluation import answers
-    from ctxdistill.io import read_context
-    from ctxdistill.pairs import Context
+    from ctxdistill.core.pairs import Context
+    from ctxdistill.data.inputs import read_context
+    from ctxdistill.eval.evaluation import answers
 
     model, tok = _load_with_adapters(args.model, args.adapter)
     context = Context(read_context(args.context)["context"], args.context_kind) if args.context else None
@@ -215,7 +222,7 @@ def _cmd_chat(args) -> None:
 
 
 def _cmd_modules_list(args) -> None:
-    from ctxdistill.library import find_modules, modules_table
+    from ctxdistill.recipes.module_library import find_modules, modules_table
 
     found = find_modules(args.folder)
     print(modules_table(found) if found else f"No modules under {args.folder}.")
@@ -224,7 +231,7 @@ def _cmd_modules_list(args) -> None:
 def _cmd_modules_show(args) -> None:
     import json
 
-    from ctxdistill.library import read_module
+    from ctxdistill.recipes.module_library import read_module
 
     module = read_module(args.module)
     module.pop("config", None)
@@ -232,7 +239,7 @@ def _cmd_modules_show(args) -> None:
 
 
 def _cmd_modules_combine(args) -> None:
-    from ctxdistill.library import combine
+    from ctxdistill.recipes.module_library import combine
 
     try:
         weights = [float(w) for w in args.weights.split(",")] if args.weights else None
@@ -243,7 +250,7 @@ def _cmd_modules_combine(args) -> None:
 
 
 def _cmd_model_path(args) -> None:
-    from ctxdistill.models import resolve_model
+    from ctxdistill.core.models import resolve_model
 
     print(resolve_model(args.name)[0])
 

@@ -13,7 +13,6 @@ import yaml
 
 from ctxdistill import CtxDistillError
 
-
 SUMMARY_PROMPTS = ("Summarize the document above.", "List the key facts of the document above, one per line.")
 QUESTION_PROMPT = "Write a quiz question about one fact from the document above. Reply with the question only."
 
@@ -125,7 +124,7 @@ class DistillConfig:
         return {name.strip(): 1.0 for name in str(self.objective).split("+") if name.strip()}
 
     def build_objective(self):
-        from ctxdistill.objectives import Objective
+        from ctxdistill.core.objectives import Objective
 
         if isinstance(self.hidden_layers, str):
             if self.hidden_layers != "all":
@@ -170,7 +169,7 @@ class DistillConfig:
                                   f"({self.micro_batch_size}). Change --set batch_size=... or micro_batch_size=....")
         if not self.model.strip():
             raise CtxDistillError("model is empty. Pass --model with a Hugging Face id, a path, or 'default'.")
-        from ctxdistill.models import DTYPES
+        from ctxdistill.core.models import DTYPES
 
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise CtxDistillError(f"dtype={self.dtype!r} is not valid; use auto or one of {', '.join(DTYPES)}.")

@@ -25,7 +25,7 @@ def tiny_llama(tokenizer, hidden: int = 64, layers: int = 2, seed: int = 0):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from ctxdistill.models import load_tokenizer
+    from ctxdistill.core.models import load_tokenizer
 
     return load_tokenizer("default")
 

@@ -16,10 +16,16 @@ import torch
 from ctxdistill import CtxDistillError
 from ctxdistill.cli import main
 from ctxdistill.config import load_config, parse_set
-from ctxdistill.io import read_context, read_prompts, read_qa
-from ctxdistill.models import load_tokenizer, pick_dtype, resolve_model
-from ctxdistill.pairs import (Context, as_messages, assistant_header, build_pair, check_tokenizers_match,
-                              render_prompt)
+from ctxdistill.core.models import load_tokenizer, pick_dtype, resolve_model
+from ctxdistill.core.pairs import (
+    Context,
+    as_messages,
+    assistant_header,
+    build_pair,
+    check_tokenizers_match,
+    render_prompt,
+)
+from ctxdistill.data.inputs import read_context, read_prompts, read_qa
 
 
 def cli_error(capsys, argv: list[str]) -> str:
@@ -525,7 +531,7 @@ class _LossThatDiverges(torch.nn.Module):
 def test_nan_loss_stops_training_and_keeps_the_checkpoint(tmp_path, fresh_accelerate):
     from accelerate import Accelerator
 
-    from ctxdistill.training import TrainSettings, train
+    from ctxdistill.core.training import TrainSettings, train
 
     ckpt = tmp_path / "checkpoint" / "state.pt"
     settings = TrainSettings(lr=0.01, batch_size=2, micro_batch_size=2, max_steps=10, checkpoint_every=1)
@@ -544,7 +550,7 @@ def test_nan_loss_stops_training_and_keeps_the_checkpoint(tmp_path, fresh_accele
 def test_batch_size_not_a_multiple_of_micro_batch_size(tmp_path, fresh_accelerate):
     from accelerate import Accelerator
 
-    from ctxdistill.training import TrainSettings, train
+    from ctxdistill.core.training import TrainSettings, train
 
     module = _LossThatDiverges(finite_calls=10**6)
     settings = TrainSettings(batch_size=12, micro_batch_size=8, max_steps=1)
@@ -560,7 +566,7 @@ def test_batch_size_not_a_multiple_of_micro_batch_size(tmp_path, fresh_accelerat
 def test_no_training_examples(tmp_path, fresh_accelerate):
     from accelerate import Accelerator
 
-    from ctxdistill.training import TrainSettings, train
+    from ctxdistill.core.training import TrainSettings, train
 
     with pytest.raises(CtxDistillError, match="No training examples.*Check the prompts"):
         train(Accelerator(cpu=True), _LossThatDiverges(1), [], lambda b: b, TrainSettings(), tmp_path / "s.pt",
@@ -570,7 +576,7 @@ def test_no_training_examples(tmp_path, fresh_accelerate):
 def test_resume_with_a_checkpoint_from_other_settings(tmp_path, fresh_accelerate):
     from accelerate import Accelerator
 
-    from ctxdistill.training import TrainSettings, train
+    from ctxdistill.core.training import TrainSettings, train
 
     ckpt = tmp_path / "state.pt"
     settings = TrainSettings(batch_size=2, micro_batch_size=2, max_steps=1)

@@ -6,12 +6,12 @@ import random
 
 import pytest
 import torch
-
 from conftest import run_cli
+
 from ctxdistill import CtxDistillError
-from ctxdistill.documents import read_documents
-from ctxdistill.losses import collate_pairs
-from ctxdistill.splits import (split_pair, split_points, split_sentences, tokenize_document, whole_text_pairs)
+from ctxdistill.core.losses import collate_pairs
+from ctxdistill.data.documents import read_documents
+from ctxdistill.data.splits import split_pair, split_points, split_sentences, tokenize_document, whole_text_pairs
 
 DOC = ("Glimmer Bay is a fishing town on the coast of Norland. It was founded in 1702 by Dr. Ada Voss. "
        "The harbour holds 40 boats. Each spring the town hosts the Eel Race. The mayor is Bram Voss, the founder's "

@@ -2,10 +2,10 @@
 
 import torch
 
-from ctxdistill.generation import MergedCopy, decode_attention, generate
-from ctxdistill.models import add_lora
-from ctxdistill.pairs import Context, render_prompt
-from ctxdistill.teacher import encode_prefix
+from ctxdistill.core.forward import encode_prefix
+from ctxdistill.core.generation import MergedCopy, decode_attention, generate
+from ctxdistill.core.models import add_lora
+from ctxdistill.core.pairs import Context, render_prompt
 
 CONTEXT = Context("You are Pip, the keeper of the Gullrock lighthouse. You love storms and tea.")
 
@@ -40,7 +40,7 @@ def test_the_lean_decoder_matches_transformers_generate_greedy(tokenizer, tiny_m
 
 
 def test_sampling_follows_the_distribution_and_top_p_cuts_the_tail():
-    from ctxdistill.generation import sample_next
+    from ctxdistill.core.generation import sample_next
 
     torch.manual_seed(0)
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(20000, 4)

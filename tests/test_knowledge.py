@@ -5,15 +5,15 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_cli, tiny_llama
+
 from ctxdistill import CtxDistillError
-from ctxdistill.chunks import Chunk, chunk_document, chunk_spans
-from ctxdistill.losses import collate_pairs
-from ctxdistill.pairs import render_prompt
+from ctxdistill.core.losses import collate_pairs
+from ctxdistill.core.pairs import render_prompt
+from ctxdistill.data.chunks import Chunk, chunk_document, chunk_spans
+from ctxdistill.data.retrieval import ChunkIndex
+from ctxdistill.data.synthetic import SynthSettings, clean_question, synthesize
 from ctxdistill.recipes.knowledge import raw_pairs, synthetic_pairs
-from ctxdistill.retrieval import ChunkIndex
-from ctxdistill.synthetic import SynthSettings, clean_question, synthesize
 
 MILL = "Harrow Mill grinds oats. It stands on the river Tam. Its miller is Ona Pell, who bought it in 1911."
 BAY = "Glimmer Bay is a fishing town on the coast of Norland. The harbour holds 40 boats. The mayor is Bram Voss."
@@ -56,7 +56,7 @@ def test_synthetic_data_is_generated_once_per_chunk_and_then_read_from_the_cache
     assert len(summaries) == len(set(summaries))  # deduplicated
     assert len(list(tmp_path.glob("*.json"))) == 2  # one cache file per chunk
 
-    import ctxdistill.synthetic as synthetic
+    import ctxdistill.data.synthetic as synthetic
 
     def must_not_generate(*a, **k):
         raise AssertionError("the cache should have served this chunk")
@@ -99,8 +99,8 @@ def test_a_summary_is_plain_text_to_the_student_and_follows_the_chunk_for_the_te
 
 
 def test_anchor_pairs_hold_the_module_to_the_base_on_general_prompts(tokenizer):
-    from ctxdistill.anchors import anchor_pair, make_anchors
     from ctxdistill.config import load_config
+    from ctxdistill.data.anchors import anchor_pair, make_anchors
 
     anchors = make_anchors(load_config(sets=["max_new_tokens=8"]), tiny_llama(tokenizer), tokenizer)
     assert len(anchors) >= 20 and all(a["completion_ids"] for a in anchors)  # the bundled general prompts
@@ -129,7 +129,7 @@ def test_bm25_finds_the_chunk_that_answers_even_among_two_documents():
 
 
 def _random_adapter(model, path, seed):
-    from ctxdistill.models import add_lora
+    from ctxdistill.core.models import add_lora
 
     torch.manual_seed(seed)
     peft_model = add_lora(model, r=4, alpha=8)
@@ -144,7 +144,7 @@ def test_combined_modules_equal_the_sum_of_their_deltas_and_load_with_plain_peft
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from ctxdistill.library import combine, load_adapters
+    from ctxdistill.recipes.module_library import combine, load_adapters
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     base = _random_adapter(base, tmp_path / "a", 1)

@@ -1,9 +1,9 @@
 """Model loading: the bundled default, local directories, dtype choice."""
 
 import torch
-
 from conftest import run_cli
-from ctxdistill.models import default_model_path, load_model, pick_dtype, resolve_model
+
+from ctxdistill.core.models import default_model_path, load_model, pick_dtype, resolve_model
 
 
 def test_default_model_is_a_cached_safetensors_directory():
@@ -32,7 +32,7 @@ def test_local_directory_loads_with_requested_dtype(tiny_model_dir):
 
 def test_auto_dtype_is_bf16_only_where_the_hardware_has_it():
     cpu = torch.device("cpu")
-    from ctxdistill.models import bf16_supported
+    from ctxdistill.core.models import bf16_supported
 
     assert pick_dtype("auto", cpu) == (torch.bfloat16 if bf16_supported(cpu) else torch.float32)
     assert pick_dtype("fp32", cpu) == torch.float32

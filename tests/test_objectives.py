@@ -1,7 +1,7 @@
 """Every objective on completion rows equals a naive full-logits implementation, values and gradients.
 
 The naive references below are written from the definitions (probability vectors, explicit supports, the GKD
-formula) and share no code with ctxdistill.objectives.
+formula) and share no code with ctxdistill.core.objectives.
 """
 
 import math
@@ -11,8 +11,15 @@ import torch
 import torch.nn.functional as F
 
 from ctxdistill import CtxDistillError
-from ctxdistill.objectives import (Objective, TeacherLogits, TeacherTopK, forward_kl, head_loss,
-                                   hidden_state_term, sft)
+from ctxdistill.core.objectives import (
+    Objective,
+    TeacherLogits,
+    TeacherTopK,
+    forward_kl,
+    head_loss,
+    hidden_state_term,
+    sft,
+)
 
 V = 101
 
@@ -252,7 +259,7 @@ def test_cache_with_student_support_and_sampled_term_without_teacher_logits_are_
 
 
 def test_posterior_view_weights_follow_how_well_each_view_explains_the_completion_so_far():
-    from ctxdistill.objectives import posterior_view_weights
+    from ctxdistill.core.objectives import posterior_view_weights
 
     prior = torch.tensor([[0.5, 0.5]] * 5)
     # two sequences (3 rows, 2 rows); view 0 explains the tokens well (log p = -0.1), view 1 badly (-3)
@@ -275,10 +282,11 @@ def test_posterior_view_weights_follow_how_well_each_view_explains_the_completio
 def test_ensemble_loss_uses_posterior_weights_by_default(tokenizer):
     """An ensemble pair: with posterior weighting the target is the mixture under p(view | y_<t); uniform differs."""
     from conftest import tiny_llama
-    from ctxdistill.losses import DistillLoss, collate_pairs
-    from ctxdistill.models import add_lora
-    from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
-    from ctxdistill.teacher import Teacher
+
+    from ctxdistill.core.losses import DistillLoss, collate_pairs
+    from ctxdistill.core.models import add_lora
+    from ctxdistill.core.pairs import Context, assistant_header, build_pair, render_prompt
+    from ctxdistill.core.teacher import Teacher
 
     student = add_lora(tiny_llama(tokenizer), r=4, alpha=8)
     header = assistant_header(tokenizer)

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from ctxdistill.config import load_config
-from ctxdistill.losses import DistillLoss, collate_pairs
-from ctxdistill.objectives import Objective
-from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
+from ctxdistill.core.losses import DistillLoss, collate_pairs
+from ctxdistill.core.objectives import Objective
+from ctxdistill.core.pairs import Context, assistant_header, build_pair, render_prompt
+from ctxdistill.core.teacher import Teacher
+from ctxdistill.data.sources import Source, context_source, render_examples, split_to_fit
 from ctxdistill.recipes import offline
-from ctxdistill.sources import Source, context_source, render_examples, split_to_fit
-from ctxdistill.teacher import Teacher
 
 SMALL = ["samples_per_query=1", "max_new_tokens=8", "eval_max_new_tokens=3", "max_steps=2", "batch_size=2",
          "micro_batch_size=2"]
@@ -288,7 +288,7 @@ def test_ensemble_posterior_also_weighs_each_view_by_how_well_it_explains_the_qu
 def test_ensemble_views_encode_each_context_once_and_match_full_forwards(monkeypatch, tokenizer, tiny_model):
     """Teacher.view_rows groups an ensemble's views by context: each context's KV is encoded on first use and reused
     by later batches, and the completion rows equal those of a plain forward over the whole view."""
-    import ctxdistill.teacher as teacher_module
+    import ctxdistill.core.teacher as teacher_module
 
     header = assistant_header(tokenizer)
     contexts = [Context("Glimmerfen is a marshland village in the north, founded in 1604 by reed cutters."),

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_cli, tiny_llama
+
 from ctxdistill import CtxDistillError
-from ctxdistill.checkers import load_checker
+from ctxdistill.eval.checkers import load_checker
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TINY = ["--set", "max_new_tokens=8", "--set", "eval_max_new_tokens=4", "--set", "max_steps=2",
@@ -85,8 +85,8 @@ def test_live_teacher_runs_and_needs_lora(tiny_model_dir, persona_files, tmp_pat
 
 
 def test_live_teacher_scores_with_the_adapter_on(tiny_model, tokenizer):
-    from ctxdistill.models import add_lora
-    from ctxdistill.teacher import Teacher
+    from ctxdistill.core.models import add_lora
+    from ctxdistill.core.teacher import Teacher
 
     student = add_lora(tiny_model, r=4, alpha=8)
     with torch.no_grad():
@@ -113,10 +113,10 @@ def test_checkers(spec, response, answer, ok):
 
 
 def test_a_checker_can_be_a_user_function_and_bad_specs_are_refused():
-    same_as_contains = load_checker("ctxdistill.checkers:contains")  # loaded by module path, like a user's own
+    same_as_contains = load_checker("ctxdistill.eval.checkers:contains")  # loaded by module path, like a user's own
     assert same_as_contains("q", "It is Paris.", "paris") is True and same_as_contains("q", "Rome", "paris") is False
     with pytest.raises(CtxDistillError, match="not a function"):
-        load_checker("ctxdistill.checkers:BUILTIN")
+        load_checker("ctxdistill.eval.checkers:BUILTIN")
     with pytest.raises(CtxDistillError, match="Unknown checker"):
         load_checker("fuzzy")
     with pytest.raises(CtxDistillError, match="Cannot load"):

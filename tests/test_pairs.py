@@ -4,10 +4,16 @@ import pytest
 import torch
 
 from ctxdistill import CtxDistillError
-from ctxdistill.losses import collate_pairs
-from ctxdistill.pairs import completion_rows
-from ctxdistill.pairs import (Context, assistant_header, build_pair, completion_logit_positions, render_prompt,
-                              with_context)
+from ctxdistill.core.losses import collate_pairs
+from ctxdistill.core.pairs import (
+    Context,
+    assistant_header,
+    build_pair,
+    completion_logit_positions,
+    completion_rows,
+    render_prompt,
+    with_context,
+)
 
 
 def test_system_context_becomes_the_system_message(tokenizer):
@@ -44,7 +50,7 @@ def test_pair_views_share_completion_ids_and_prompts_end_in_the_assistant_header
 
 
 def test_pair_rejects_diverging_completions():
-    from ctxdistill.pairs import Pair
+    from ctxdistill.core.pairs import Pair
 
     with pytest.raises(CtxDistillError, match="invariant"):
         Pair([1, 2, 3, 9], [1, 3, 8], 3, 2)

@@ -1,7 +1,7 @@
 """Query synthesis: the model sees the context and example queries; answers are cleaned and deduplicated."""
 
-from ctxdistill import queries
-from ctxdistill.queries import clean_query, synthesize_queries
+from ctxdistill.data import queries
+from ctxdistill.data.queries import clean_query, synthesize_queries
 
 
 def test_clean_query_takes_the_first_line_without_bullets_or_quotes():

@@ -5,16 +5,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli, tiny_llama
 
 from ctxdistill import CtxDistillError
-from ctxdistill.losses import DistillLoss, collate_pairs
-from ctxdistill.models import add_lora
-from ctxdistill.objectives import Objective
-from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
-from ctxdistill.teacher import Teacher, shared_prefix_len
-from ctxdistill.topk_cache import TopKCache, TopKWriter, build_topk_cache
-
-from conftest import run_cli, tiny_llama
+from ctxdistill.core.forward import shared_prefix_len
+from ctxdistill.core.losses import DistillLoss, collate_pairs
+from ctxdistill.core.models import add_lora
+from ctxdistill.core.objectives import Objective
+from ctxdistill.core.pairs import Context, assistant_header, build_pair, render_prompt
+from ctxdistill.core.teacher import Teacher
+from ctxdistill.core.topk_cache import TopKCache, TopKWriter, build_topk_cache
 
 CONTEXT = Context("You are Pip, the keeper of the Gullrock lighthouse. You love storms and tea. " * 3)
 

@@ -10,15 +10,15 @@ import time
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import run_cli
 from safetensors.torch import load_file
 
-from conftest import run_cli
-from ctxdistill.losses import DistillLoss, collate_pairs
-from ctxdistill.objectives import Objective
-from ctxdistill.models import add_lora
-from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
-from ctxdistill.teacher import Teacher
-from ctxdistill.training import TrainSettings, step_examples, train
+from ctxdistill.core.losses import DistillLoss, collate_pairs
+from ctxdistill.core.models import add_lora
+from ctxdistill.core.objectives import Objective
+from ctxdistill.core.pairs import Context, assistant_header, build_pair, render_prompt
+from ctxdistill.core.teacher import Teacher
+from ctxdistill.core.training import TrainSettings, step_examples, train
 
 
 def make_pairs(tokenizer, n=8):

@@ -10,9 +10,9 @@ the document text (in windows of the model's length), one optimizer step per doc
 from __future__ import annotations
 
 from ctxdistill.config import DistillConfig
-from ctxdistill.objectives import Objective
-from ctxdistill.splits import whole_text_pairs
-from ctxdistill.stream import DocMethod, run_stream
+from ctxdistill.core.objectives import Objective
+from ctxdistill.data.splits import whole_text_pairs
+from ctxdistill.recipes.doc_stream import DocMethod, run_stream
 
 _COMMON = {"batch_size": 1, "micro_batch_size": 1, "epochs": 20.0, "warmup_ratio": 0.05, "objective": "sft"}
 DEFAULTS = {

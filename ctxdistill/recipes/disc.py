@@ -6,15 +6,15 @@
    reads prefix + suffix as raw text, and the student reads the suffix alone;
 3. the student matches the teacher on the suffix tokens both views predict (the first suffix token is the
    student's only prompt, so it is never scored): forward KL at T=2, times T²;
-4. a document's splits accumulate into one optimizer step; the stream loop (ctxdistill.stream) evaluates after
+4. a document's splits accumulate into one optimizer step; the stream loop (ctxdistill.recipes.doc_stream) evaluates after
    each batch of documents.
 """
 
 from __future__ import annotations
 
 from ctxdistill.config import DistillConfig
-from ctxdistill.splits import split_pair, split_points
-from ctxdistill.stream import DocMethod, run_stream
+from ctxdistill.data.splits import split_pair, split_points
+from ctxdistill.recipes.doc_stream import DocMethod, run_stream
 
 DEFAULTS = {"finetune": "lora", "objective": "forward_kl", "temperature": 2.0, "t2_scaling": True,
             "batch_size": 1, "micro_batch_size": 1, "epochs": 20.0, "lr": 1e-3, "warmup_ratio": 0.05}

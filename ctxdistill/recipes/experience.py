@@ -17,15 +17,15 @@ import time
 from pathlib import Path
 
 from ctxdistill import CtxDistillError
-from ctxdistill.checkers import load_checker
 from ctxdistill.config import DistillConfig
-from ctxdistill.evaluation import answers
-from ctxdistill.generation import generate
-from ctxdistill.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
-from ctxdistill.models import load_adapter, load_model
-from ctxdistill.pairs import Context, render_prompt
+from ctxdistill.core.files import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+from ctxdistill.core.generation import generate
+from ctxdistill.core.models import load_adapter, load_model
+from ctxdistill.core.pairs import Context, render_prompt
+from ctxdistill.eval.checkers import load_checker
+from ctxdistill.eval.evaluation import answers
 from ctxdistill.recipes import onpolicy
-from ctxdistill.runs import make_accelerator, prepare_out_dir
+from ctxdistill.recipes.common import make_accelerator, prepare_out_dir
 
 NOTES_PROMPT = (
     "You solved some tasks. Here are your attempts and whether each was right:\n\n{traces}\n\n"

@@ -22,27 +22,33 @@ import time
 from pathlib import Path
 
 from ctxdistill import CtxDistillError
-from ctxdistill.anchors import make_anchors, with_anchors
-from ctxdistill.artifacts import save_adapter, sha256_text, write_manifest
-from ctxdistill.chunks import Chunk, chunk_document
 from ctxdistill.config import DistillConfig
-from ctxdistill.documents import Document, read_documents
-from ctxdistill.evaluation import DriftProbe, score
-from ctxdistill.io import atomic_write_text, read_jsonl, read_qa, write_jsonl
-from ctxdistill.knowledge_eval import (base_rows, knowledge_result, knowledge_table, module_rows, question_set,
-                                       retention_rows, write_knowledge_report)
-from ctxdistill.library import write_module_manifest
-from ctxdistill.losses import DistillLoss, collate_pairs
-from ctxdistill.models import add_lora, cache_dir, enable_gradient_checkpointing, load_adapter
-from ctxdistill.objectives import Objective
-from ctxdistill.pairs import Context, Pair, assistant_header, build_pair, render_prompt
-from ctxdistill.runs import (BUNDLED_RETENTION, main_process_writes, open_run, train_settings,
-                             training_fingerprint_config)
-from ctxdistill.splits import split_pair, whole_text_pairs
-from ctxdistill.stream import gather_qa
-from ctxdistill.synthetic import SynthSettings, synthesize
-from ctxdistill.teacher import Teacher
-from ctxdistill.training import train
+from ctxdistill.core.files import atomic_write_text, read_jsonl, write_jsonl
+from ctxdistill.core.losses import DistillLoss, collate_pairs
+from ctxdistill.core.models import add_lora, cache_dir, enable_gradient_checkpointing, load_adapter
+from ctxdistill.core.objectives import Objective
+from ctxdistill.core.pairs import Context, Pair, assistant_header, build_pair, render_prompt
+from ctxdistill.core.teacher import Teacher
+from ctxdistill.core.training import train
+from ctxdistill.data.anchors import make_anchors, with_anchors
+from ctxdistill.data.chunks import Chunk, chunk_document
+from ctxdistill.data.documents import Document, gather_qa, read_documents
+from ctxdistill.data.inputs import read_retention
+from ctxdistill.data.splits import split_pair, whole_text_pairs
+from ctxdistill.data.synthetic import SynthSettings, synthesize
+from ctxdistill.eval.evaluation import DriftProbe, score
+from ctxdistill.eval.knowledge_eval import (
+    base_rows,
+    knowledge_result,
+    knowledge_table,
+    module_rows,
+    question_set,
+    retention_rows,
+    write_knowledge_report,
+)
+from ctxdistill.recipes.artifacts import save_adapter, sha256_text, write_manifest
+from ctxdistill.recipes.common import main_process_writes, open_run, train_settings, training_fingerprint_config
+from ctxdistill.recipes.module_library import write_module_manifest
 
 DEFAULTS = {"lora_r": 16, "lora_alpha": 16, "lr": 1e-3, "objective": "forward_kl", "hidden_weight": 1.0,
             "batch_size": 8, "micro_batch_size": 8, "epochs": 16.0, "warmup_ratio": 0.05, "anchor_fraction": 0.5}
@@ -289,5 +295,3 @@ def group_pairs(cfg: DistillConfig, objective_name: str, tokenizer, group: list[
     return synthetic_pairs(tokenizer, own_rows, chunks, window, True, cfg.summary_view)
 
 
-def read_retention(path: str | None) -> list[dict]:
-    return read_qa(path or BUNDLED_RETENTION, "--retention")

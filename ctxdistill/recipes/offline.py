@@ -7,7 +7,7 @@
 4. pairs: teacher view = render(context, query) [+ scratch-pad] + y, student view = render(query) + y; in ensemble
    mode (and for the parts of a split context) the teacher views under every context are averaged;
 5. the student (the model *without* the context, + LoRA) learns y, one source after another (sequential) or all
-   at once (ensemble): soft targets (forward KL) by default, or any objective of ctxdistill.objectives;
+   at once (ensemble): soft targets (forward KL) by default, or any objective of ctxdistill.core.objectives;
 6. adapter, manifest and a before/after report.
 """
 
@@ -21,22 +21,24 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ctxdistill import CtxDistillError
-from ctxdistill.anchors import make_anchors, with_anchors
-from ctxdistill.artifacts import save_trained, sha256_text, write_manifest, write_report
 from ctxdistill.config import DistillConfig
-from ctxdistill.evaluation import evaluate, results_table
-from ctxdistill.generation import MergedCopy, generate, stop_token_ids
-from ctxdistill.io import atomic_write_json, read_context, read_prompts, read_qa, read_qa_items
-from ctxdistill.losses import DistillLoss, collate_pairs
-from ctxdistill.models import add_lora, enable_gradient_checkpointing, load_adapter
-from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
-from ctxdistill.queries import synthesize_queries
-from ctxdistill.runs import (BUNDLED_RETENTION, main_process_writes, open_run, train_settings,
-                             training_fingerprint_config)
-from ctxdistill.sources import context_source, examples_source
-from ctxdistill.teacher import Teacher, encode_prefix, load_teacher_model, shared_prefix_len
-from ctxdistill.topk_cache import TopKCache, build_topk_cache
-from ctxdistill.training import total_steps_for, train
+from ctxdistill.core.files import atomic_write_json
+from ctxdistill.core.forward import encode_prefix, shared_prefix_len
+from ctxdistill.core.generation import MergedCopy, generate, stop_token_ids
+from ctxdistill.core.losses import DistillLoss, collate_pairs
+from ctxdistill.core.models import add_lora, enable_gradient_checkpointing, load_adapter
+from ctxdistill.core.pairs import Context, assistant_header, build_pair, render_prompt
+from ctxdistill.core.teacher import Teacher, load_teacher_model
+from ctxdistill.core.topk_cache import TopKCache, build_topk_cache
+from ctxdistill.core.training import total_steps_for, train
+from ctxdistill.data.anchors import make_anchors, with_anchors
+from ctxdistill.data.inputs import BUNDLED_RETENTION, read_context, read_prompts, read_qa, read_qa_items
+from ctxdistill.data.queries import synthesize_queries
+from ctxdistill.data.sources import context_source, examples_source
+from ctxdistill.eval.evaluation import evaluate, results_table
+from ctxdistill.eval.reports import write_report
+from ctxdistill.recipes.artifacts import save_trained, sha256_text, write_manifest
+from ctxdistill.recipes.common import main_process_writes, open_run, train_settings, training_fingerprint_config
 
 DATA_KEYS = ("model", "teacher", "context_kind", "mode", "num_examples", "example_sets", "scratchpad",
              "answer_delimiter", "scratchpad_instruction", "num_queries", "query_temperature", "samples_per_query",

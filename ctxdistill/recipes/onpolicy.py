@@ -6,7 +6,7 @@
 3. the teacher — the base with the adapter off (default), another model (--teacher), or the live student
    (teacher: live) — reads the context + query and scores the very same completion ids;
 4. the student minimizes the per-token reverse KL(student ‖ teacher) on its own top-k (default 256, renormalized),
-   or any other objective of ctxdistill.objectives (forward KL, JSD) for ablations;
+   or any other objective of ctxdistill.core.objectives (forward KL, JSD) for ablations;
 5. adapter, manifest and a report: the eval questions without context (base / teacher / student), and forgetting:
    retention accuracy and KL(base ‖ student) on the base's own answers to unrelated questions.
 """
@@ -21,19 +21,20 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from ctxdistill import CtxDistillError
-from ctxdistill.artifacts import save_trained, sha256_text, write_manifest, write_report
 from ctxdistill.config import DistillConfig
-from ctxdistill.evaluation import evaluate, results_table
-from ctxdistill.generation import MergedCopy, generate
-from ctxdistill.io import read_context, read_prompts, read_qa, read_qa_items
-from ctxdistill.losses import DistillLoss, collate_pairs
-from ctxdistill.models import add_lora, enable_gradient_checkpointing
-from ctxdistill.pairs import Context, assistant_header, build_pair, render_prompt
-from ctxdistill.queries import synthesize_queries
-from ctxdistill.runs import (BUNDLED_RETENTION, main_process_writes, open_run, train_settings,
-                             training_fingerprint_config)
-from ctxdistill.teacher import Teacher, load_teacher_model, shared_prefix_len
-from ctxdistill.training import train
+from ctxdistill.core.forward import shared_prefix_len
+from ctxdistill.core.generation import MergedCopy, generate
+from ctxdistill.core.losses import DistillLoss, collate_pairs
+from ctxdistill.core.models import add_lora, enable_gradient_checkpointing
+from ctxdistill.core.pairs import Context, assistant_header, build_pair, render_prompt
+from ctxdistill.core.teacher import Teacher, load_teacher_model
+from ctxdistill.core.training import train
+from ctxdistill.data.inputs import BUNDLED_RETENTION, read_context, read_prompts, read_qa, read_qa_items
+from ctxdistill.data.queries import synthesize_queries
+from ctxdistill.eval.evaluation import evaluate, results_table
+from ctxdistill.eval.reports import write_report
+from ctxdistill.recipes.artifacts import save_trained, sha256_text, write_manifest
+from ctxdistill.recipes.common import main_process_writes, open_run, train_settings, training_fingerprint_config
 
 # Steps rather than epochs: every step draws fresh samples, so a short query list can be revisited many times.
 DEFAULTS = {"objective": "reverse_kl", "top_k": 256, "top_k_support": "student", "top_k_tail": "renorm",

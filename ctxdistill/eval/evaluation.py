@@ -6,11 +6,11 @@ from contextlib import nullcontext
 
 import torch
 
-from ctxdistill.generation import generate
-from ctxdistill.losses import collate_pairs
-from ctxdistill.objectives import forward_kl
-from ctxdistill.pairs import assistant_header, build_pair, render_prompt
-from ctxdistill.teacher import final_hidden, output_head
+from ctxdistill.core.forward import final_hidden, output_head
+from ctxdistill.core.generation import generate
+from ctxdistill.core.losses import collate_pairs
+from ctxdistill.core.objectives import forward_kl
+from ctxdistill.core.pairs import assistant_header, build_pair, render_prompt
 
 
 def contains_any(answer: str, accepted: list[str]) -> bool:

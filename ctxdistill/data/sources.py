@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctxdistill import CtxDistillError
-from ctxdistill.io import read_examples
-from ctxdistill.pairs import Context, render_prompt
+from ctxdistill.core.pairs import Context, render_prompt
+from ctxdistill.data.inputs import read_examples
 
 
 @dataclass

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctxdistill import CtxDistillError
-from ctxdistill.io import load_json, read_jsonl, read_qa_items
+from ctxdistill.core.files import load_json, read_jsonl
+from ctxdistill.data.inputs import read_qa, read_qa_items
 
 TEXT_SUFFIXES = (".txt", ".md")
 
@@ -72,3 +73,16 @@ def read_documents(path) -> list[Document]:
     if dupes:
         raise CtxDistillError(f"Document ids must be unique; repeated in {p}: {', '.join(sorted(dupes)[:5])}.")
     return docs
+
+
+def gather_qa(docs, qa_file: str | None) -> dict[str, list[dict]]:
+    """Questions per document id: each document's own "qa", plus --qa items (with a "doc" id, else "*": asked once
+    every document has been seen)."""
+    by_doc = {d.id: list(d.qa) for d in docs}
+    if qa_file:
+        for item in read_qa(qa_file, "--qa"):
+            key = item.get("doc", "*")
+            if key != "*" and key not in by_doc:
+                raise CtxDistillError(f"--qa: question {item['q']!r} names document {key!r}, which is not in --docs.")
+            by_doc.setdefault(key, []).append(item)
+    return by_doc

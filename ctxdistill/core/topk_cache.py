@@ -21,8 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ctxdistill import CtxDistillError
-from ctxdistill.objectives import TeacherTopK, _project
-from ctxdistill.pairs import Pair, completion_rows, pad_right
+from ctxdistill.core.objectives import TeacherTopK, _project
+from ctxdistill.core.pairs import Pair, completion_rows, pad_right
 
 
 def pair_key(pair: Pair) -> str:

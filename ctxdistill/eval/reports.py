@@ -1,48 +1,12 @@
-"""What a run leaves behind: OUT/adapter (plain PEFT), OUT/manifest.json, OUT/report.md (+ report.png)."""
+"""A run's report.md and report.png: the summary, the before/after table, every answer, the loss curve."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-import platform
 from pathlib import Path
 
-from ctxdistill import __version__
-from ctxdistill.evaluation import answers_table, results_table
-from ctxdistill.io import atomic_write_dir, atomic_write_json, atomic_write_text
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def versions() -> dict:
-    import accelerate
-    import peft
-    import torch
-    import transformers
-
-    return {"ctxdistill": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "accelerate": accelerate.__version__, "python": platform.python_version()}
-
-
-def save_adapter(peft_model, target: Path) -> None:
-    """save_pretrained into a temporary folder, then swap it in, so a killed run never leaves half an adapter."""
-    atomic_write_dir(target, peft_model.save_pretrained, ".adapter-")
-
-
-def save_trained(student, tokenizer, out: Path, finetune: str) -> Path:
-    """OUT/adapter (plain PEFT) for LoRA, OUT/model (plain transformers, with its tokenizer) for full fine-tuning."""
-    if finetune == "lora":
-        save_adapter(student, out / "adapter")
-        return out / "adapter"
-    save_adapter(student, out / "model")
-    tokenizer.save_pretrained(out / "model")
-    return out / "model"
-
-
-def write_manifest(out: Path, manifest: dict) -> None:
-    atomic_write_json(out / "manifest.json", {**manifest, "versions": versions()})
+from ctxdistill.core.files import atomic_write_text
+from ctxdistill.eval.evaluation import answers_table, results_table
 
 
 def plot_run(out: Path, loss_history: list[float], evaluation: dict | None) -> str | None:

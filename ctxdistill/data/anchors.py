@@ -12,11 +12,11 @@ import json
 import random
 from pathlib import Path
 
-from ctxdistill.generation import generate
-from ctxdistill.io import read_prompts
-from ctxdistill.pairs import Pair, render_prompt
+from ctxdistill.core.generation import generate
+from ctxdistill.core.pairs import Pair, render_prompt
+from ctxdistill.data.inputs import read_prompts
 
-ANCHOR_PROMPTS = Path(__file__).resolve().parent / "data" / "anchor_prompts.json"
+ANCHOR_PROMPTS = Path(__file__).resolve().parent / "anchor_prompts.json"
 
 
 def make_anchors(cfg, model, tokenizer) -> list[dict]:

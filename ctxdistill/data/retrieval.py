@@ -10,7 +10,7 @@ import re
 from rank_bm25 import BM25Plus
 
 from ctxdistill import CtxDistillError
-from ctxdistill.chunks import Chunk
+from ctxdistill.data.chunks import Chunk
 
 _WORD = re.compile(r"\w+")
 

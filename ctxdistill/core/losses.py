@@ -7,11 +7,19 @@ from dataclasses import dataclass
 import torch
 
 from ctxdistill import CtxDistillError
-from ctxdistill.objectives import (Objective, TeacherLogits, TeacherMixture, head_loss, hidden_state_term,
-                                   posterior_view_weights, token_logprobs)
-from ctxdistill.pairs import Pair, completion_rows, pad_right
-from ctxdistill.teacher import Teacher, decoder_states, num_layers, output_head
-from ctxdistill.topk_cache import TopKCache
+from ctxdistill.core.forward import decoder_states, num_layers, output_head
+from ctxdistill.core.objectives import (
+    Objective,
+    TeacherLogits,
+    TeacherMixture,
+    head_loss,
+    hidden_state_term,
+    posterior_view_weights,
+    token_logprobs,
+)
+from ctxdistill.core.pairs import Pair, completion_rows, pad_right
+from ctxdistill.core.teacher import Teacher
+from ctxdistill.core.topk_cache import TopKCache
 
 
 @dataclass

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 from ctxdistill import CtxDistillError
-from ctxdistill.artifacts import versions
-from ctxdistill.io import atomic_write_dir, atomic_write_json
+from ctxdistill.core.files import atomic_write_dir, atomic_write_json
+from ctxdistill.recipes.artifacts import versions
 
 MANIFEST = "module.json"
 HOW = {"sum": "svd", "cat": "cat"}  # our names → PEFT add_weighted_adapter combination types
@@ -89,7 +89,7 @@ def combine(adapter_paths: list[str], out, weights: list[float] | None = None, h
             rank: int | None = None, model: str | None = None) -> Path:
     """One PEFT adapter from several: `cat` stacks them (rank = Σ ranks, exactly Σ wᵢ·ΔWᵢ); `sum` is the weighted
     sum of the deltas brought back to `rank` (default: the largest input rank) by SVD."""
-    from ctxdistill.models import load_model
+    from ctxdistill.core.models import load_model
 
     if how not in HOW:
         raise CtxDistillError(f"--how must be one of {', '.join(HOW)}, got {how!r}.")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 import re
 
-from ctxdistill.generation import generate
-from ctxdistill.pairs import render_prompt
+from ctxdistill.core.generation import generate
+from ctxdistill.core.pairs import render_prompt
 
 SEED_QUERIES = [
     "Can you tell me about yourself?",

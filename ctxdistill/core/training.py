@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ctxdistill import CtxDistillError
-from ctxdistill.io import atomic_torch_save
+from ctxdistill.core.files import atomic_torch_save
 
 
 @dataclass

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
-from ctxdistill.teacher import PrefixKV, base_model
+from ctxdistill.core.forward import PrefixKV, base_model
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:

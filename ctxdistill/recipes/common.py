@@ -8,11 +8,9 @@ import torch
 from accelerate import Accelerator
 
 from ctxdistill import CtxDistillError
-from ctxdistill.io import read_jsonl, write_jsonl
-from ctxdistill.models import bf16_supported, default_device, load_model
-from ctxdistill.training import TrainSettings
-
-BUNDLED_RETENTION = Path(__file__).resolve().parent / "data" / "retention.json"
+from ctxdistill.core.files import read_jsonl, write_jsonl
+from ctxdistill.core.models import bf16_supported, default_device, load_model
+from ctxdistill.core.training import TrainSettings
 
 
 def make_accelerator(cfg) -> Accelerator:

@@ -19,19 +19,21 @@ from pathlib import Path
 from typing import Callable
 
 from ctxdistill import CtxDistillError
-from ctxdistill.artifacts import save_trained, sha256_text, write_manifest
 from ctxdistill.config import DistillConfig
-from ctxdistill.documents import read_documents
-from ctxdistill.evaluation import DriftProbe, answers, score
-from ctxdistill.io import atomic_write_text, read_jsonl, read_qa, write_jsonl
-from ctxdistill.losses import DistillLoss, collate_pairs
-from ctxdistill.models import add_lora, enable_gradient_checkpointing
-from ctxdistill.objectives import Objective
-from ctxdistill.pairs import Context, Pair
-from ctxdistill.runs import BUNDLED_RETENTION, open_run, train_settings, training_fingerprint_config
-from ctxdistill.splits import TokenizedDoc, tokenize_document
-from ctxdistill.teacher import Teacher
-from ctxdistill.training import total_steps_for, train
+from ctxdistill.core.files import atomic_write_text, read_jsonl, write_jsonl
+from ctxdistill.core.losses import DistillLoss, collate_pairs
+from ctxdistill.core.models import add_lora, enable_gradient_checkpointing
+from ctxdistill.core.objectives import Objective
+from ctxdistill.core.pairs import Context, Pair
+from ctxdistill.core.teacher import Teacher
+from ctxdistill.core.training import total_steps_for, train
+from ctxdistill.data.documents import gather_qa, read_documents
+from ctxdistill.data.inputs import BUNDLED_RETENTION, read_qa
+from ctxdistill.data.splits import TokenizedDoc, tokenize_document
+from ctxdistill.eval.evaluation import DriftProbe, answers, score
+from ctxdistill.recipes.artifacts import save_trained, sha256_text, write_manifest
+from ctxdistill.recipes.common import open_run, train_settings, training_fingerprint_config
+
 
 @dataclass
 class DocMethod:
@@ -58,19 +60,6 @@ def _settings(cfg: DistillConfig, deadline: float | None):
 
 def _doc_rng(seed: int, doc_id: str, epoch: int) -> random.Random:
     return random.Random(f"{seed}:{doc_id}:{epoch}")
-
-
-def gather_qa(docs, qa_file: str | None) -> dict[str, list[dict]]:
-    """Questions per document id: each document's own "qa", plus --qa items (with a "doc" id, else "*": asked once
-    every document has been seen)."""
-    by_doc = {d.id: list(d.qa) for d in docs}
-    if qa_file:
-        for item in read_qa(qa_file, "--qa"):
-            key = item.get("doc", "*")
-            if key != "*" and key not in by_doc:
-                raise CtxDistillError(f"--qa: question {item['q']!r} names document {key!r}, which is not in --docs.")
-            by_doc.setdefault(key, []).append(item)
-    return by_doc
 
 
 def run_stream(cfg: DistillConfig, method: DocMethod, docs_file: str, out_dir: str, resume: bool = False,

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ctxdistill.chunks import Chunk
-from ctxdistill.generation import generate
-from ctxdistill.io import atomic_write_json
-from ctxdistill.pairs import Context, render_prompt
-from ctxdistill.teacher import encode_prefix, shared_prefix_len
+from ctxdistill.core.files import atomic_write_json
+from ctxdistill.core.forward import encode_prefix, shared_prefix_len
+from ctxdistill.core.generation import generate
+from ctxdistill.core.pairs import Context, render_prompt
+from ctxdistill.data.chunks import Chunk
 
 
 @dataclass(frozen=True)

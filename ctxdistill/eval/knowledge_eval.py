@@ -7,11 +7,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctxdistill.chunks import Chunk
-from ctxdistill.evaluation import answers, answers_table, score
-from ctxdistill.io import atomic_write_text
-from ctxdistill.pairs import Context
-from ctxdistill.retrieval import ChunkIndex
+from ctxdistill.core.files import atomic_write_text
+from ctxdistill.core.pairs import Context
+from ctxdistill.data.chunks import Chunk
+from ctxdistill.data.retrieval import ChunkIndex
+from ctxdistill.eval.evaluation import answers, answers_table, score
 
 ROWS = {"closed_book": "base, closed-book",
         "open_book": "base + its document in context (open-book)",

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 
 from ctxdistill import CtxDistillError
-from ctxdistill.pairs import Pair
+from ctxdistill.core.pairs import Pair
 
 ABBREVIATIONS = {
     "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "ft", "vs", "no", "nos", "fig", "figs", "eq", "eqs",
