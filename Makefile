@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-trl clean
+.PHONY: install demo test bench bench-trl configs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: $(STAMP)
 bench-trl: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[bench]"          # TRL, for the comparison only
 	$(BIN)/python benchmarks/vs_trl.py
+
+configs: $(STAMP)   # configs/<recipe>.yaml, generated from the config classes
+	$(BIN)/python -m ctxdistill.config configs
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -8,78 +8,69 @@ import sys
 from ctxdistill import CtxDistillError
 
 
+INPUT_FLAGS = {  # a recipe's `run` keyword -> its `distill` flag and argparse settings
+    "context": ("--context", dict(action="append", default=[], help=".txt file, or .json with \"context\" (and "
+                                  "optional \"prompts\", \"eval\"); repeat for several")),
+    "examples": ("--examples", dict(help=".jsonl of {\"input\", \"output\"}: few-shot examples as the context")),
+    "init_adapter": ("--init-adapter", dict(help="start from this adapter (e.g. to overwrite what it holds)")),
+    "prompts": ("--prompts", dict(help=".jsonl of {\"prompt\"} or .txt, one per line; synthesized if absent")),
+    "eval_qa": ("--eval", dict(help="QA JSON for the before/after report (default: the context's \"eval\")")),
+    "retention": ("--retention", dict(help="QA JSON of general questions (default: a bundled set)")),
+    "docs": ("--docs", dict(help=".jsonl/.json of {\"id\", \"text\", optional \"qa\"}, or a folder of .txt/.md")),
+    "stream": ("--stream", dict(action="store_true", help="documents arrive in order, docs_per_batch at a time, "
+                                                          "evaluated after each")),
+    "qa": ("--qa", dict(help="more QA, {\"q\", \"a\", optional \"doc\": id} (documents' own \"qa\" are used too)")),
+    "per_document": ("--per-document", dict(action="store_true", help="knowledge: one module per document "
+                                                                      "(OUT/modules/...) instead of one for the corpus")),
+    "tasks": ("--tasks", dict(help='experience: .jsonl of {"prompt", "answer"}')),
+    "checker": ("--checker", dict(help="experience: exact | contains | number | regex | module:function(prompt, "
+                                       "response, answer) -> bool")),
+}
+CONFIG_FLAGS = {  # config keys that have a flag of their own
+    "model": ("--model", dict(help="HF id, local directory, .gguf file, or 'default'")),
+    "teacher": ("--teacher", dict(help="another model as the teacher (same tokenizer), or 'live' (onpolicy)")),
+    "mode": ("--mode", dict(choices=["sequential", "ensemble"], help="offline, several contexts: one after "
+                                                                     "another, or teachers mixed")),
+    "max_minutes": ("--max-minutes", dict(type=float, help="wall-clock budget for generation + training")),
+    "knowledge_objective": ("--objective", dict(choices=["dcd", "ntp-doc", "ntp-synth"],
+                                                help="knowledge: deep context distillation (default) or a "
+                                                     "next-token baseline")),
+}
+
+
+def _given(value) -> bool:
+    return value not in (None, False, [], "")
+
+
 def _cmd_distill(args) -> None:
     from ctxdistill.config import load_config
-    from ctxdistill.recipes import DOC_RECIPES, RECIPES, recipe_defaults
+    from ctxdistill.recipes import get_recipe, registry
 
-    if args.recipe not in RECIPES:
-        raise CtxDistillError(f"Unknown recipe '{args.recipe}'. Available: {', '.join(RECIPES)}.")
-    if args.objective and args.recipe != "knowledge":
-        raise CtxDistillError("--objective (dcd | ntp-doc | ntp-synth) is for the knowledge recipe; other recipes "
-                              "take --set objective=TERM.")
-    cfg = load_config(args.config, args.set, defaults=recipe_defaults(args.recipe), model=args.model,
-                      teacher=args.teacher, max_minutes=args.max_minutes, mode=args.mode,
-                      knowledge_objective=args.objective)
-    if args.recipe in DOC_RECIPES:
-        if not args.docs:
-            raise CtxDistillError(f"The {args.recipe} recipe learns from documents: pass --docs FILE_OR_FOLDER.")
-        if args.recipe == "knowledge":
-            from ctxdistill.recipes import knowledge
+    recipe = get_recipe(args.recipe)
+    for name in INPUT_FLAGS:
+        if _given(getattr(args, name)) and name not in recipe.inputs:
+            owners = [r.name for r in registry().values() if name in r.inputs]
+            takes = ", ".join(INPUT_FLAGS[k][0] for k in recipe.inputs)
+            raise CtxDistillError(f"{INPUT_FLAGS[name][0]} is an input of the {', '.join(owners)} recipe; the "
+                                  f"{recipe.name} recipe takes {takes}.")
+    cfg = load_config(recipe.name, args.config, args.set, **{k: getattr(args, k) for k in CONFIG_FLAGS})
+    _print_result(recipe.run(cfg, args.out, args.resume, **{k: getattr(args, k) for k in recipe.inputs}))
 
-            summary = knowledge.run(cfg, args.docs, args.out, args.resume, args.qa, args.retention, args.per_document)
-            if summary:
-                print()
-                print(summary["table"] or "(no questions: give the documents a \"qa\" list or pass --qa)")
-                print(f"\nModule(s), manifest and report in {args.out}/")
-            return
-        if args.recipe == "disc":
-            from ctxdistill.recipes import disc
 
-            summary = disc.run(cfg, args.docs, args.out, args.resume, args.qa, args.retention, args.stream)
-        else:
-            from ctxdistill.recipes import baselines
-
-            summary = baselines.run(args.recipe, cfg, args.docs, args.out, args.resume, args.qa, args.retention,
-                                    args.stream)
-        if summary:
-            print()
-            print(summary["table"])
-            print(f"\nModel, manifest, curve and report in {args.out}/")
+def _print_result(result) -> None:
+    if result is None:  # not the main process
         return
-    if args.recipe == "onpolicy":
-        if len(args.context) != 1:
-            raise CtxDistillError("The onpolicy recipe takes exactly one --context FILE.")
-        from ctxdistill.recipes import onpolicy
-
-        summary = onpolicy.run(cfg, args.context[0], args.prompts, args.out, resume=args.resume,
-                               eval_file=args.eval, retention_file=args.retention)
-        if summary:
-            print()
-            print(summary["table"] or "(no eval questions: pass --eval FILE or put an \"eval\" list in the context)")
-            print(f"\nAdapter, manifest and report in {args.out}/")
-        return
-    if not args.context and not args.examples:
-        raise CtxDistillError("Give at least one --context FILE, or --examples FILE.")
-    from ctxdistill.recipes import offline
-
-    summary = offline.run(cfg, args.context, args.prompts, args.out, resume=args.resume, eval_file=args.eval,
-                          retention_file=args.retention, examples_file=args.examples, init_adapter=args.init_adapter)
-    if summary:
-        print()
-        print(summary["table"] or "(no eval questions: pass --eval FILE or put an \"eval\" list in the context JSON)")
-        print(f"\nAdapter, manifest and report in {args.out}/")
+    print()
+    print(result.table or result.no_table)
+    print(f"\n{', '.join(result.artifacts)} in {result.out}/")
 
 
 def _cmd_experience(args) -> None:
     from ctxdistill.config import load_config
-    from ctxdistill.recipes import experience, recipe_defaults
+    from ctxdistill.recipes import get_recipe
 
-    cfg = load_config(args.config, args.set, defaults=recipe_defaults("onpolicy"), model=args.model,
-                      max_minutes=args.max_minutes)
-    result = experience.run(cfg, args.tasks, args.out, checker=args.checker, resume=args.resume)
-    print()
-    print(result["table"])
-    print(f"\nNotes, traces, consolidated adapter and report in {args.out}/")
+    cfg = load_config("experience", args.config, args.set, model=args.model, max_minutes=args.max_minutes)
+    _print_result(get_recipe("experience").run(cfg, args.out, args.resume, tasks=args.tasks, checker=args.checker))
 
 
 def _cmd_compare(args) -> None:
@@ -255,62 +246,38 @@ def _cmd_model_path(args) -> None:
     print(resolve_model(args.name)[0])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ctxdistill", description="Bake a context into a model's weights.")
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_run_flags(parser) -> None:
+    """--out, --config, --set, --resume: what every training command takes."""
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--config", default=None, help="YAML file with config keys (see configs/)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
 
-    d = sub.add_parser("distill", help="run a distillation recipe")
-    d.add_argument("recipe", help="offline | onpolicy | disc | finetune | finetune-kl | lora-finetune | knowledge")
-    d.add_argument("--model", default=None, help="HF id, local directory, .gguf file, or 'default'")
-    d.add_argument("--teacher", default=None,
-                   help="another model as the teacher (same tokenizer; e.g. a bigger one), or 'live' (onpolicy: the "
-                        "current student). Default: the model itself, adapter off")
-    d.add_argument("--context", action="append", default=[],
-                   help=".txt file, or .json with \"context\" (and optional \"prompts\", \"eval\"); repeat for several")
-    d.add_argument("--mode", default=None, choices=["sequential", "ensemble"],
-                   help="several contexts: one after another, or teachers mixed (default sequential)")
-    d.add_argument("--examples", default=None, help=".jsonl of {\"input\", \"output\"}: few-shot examples as the context")
-    d.add_argument("--init-adapter", default=None, help="start from this adapter (e.g. to overwrite what it holds)")
-    d.add_argument("--prompts", default=None, help=".jsonl of {\"prompt\"} or .txt, one per line; synthesized if absent")
-    d.add_argument("--out", required=True, help="output directory")
-    d.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget for generation + training")
-    d.add_argument("--config", default=None, help="YAML file with config keys (see configs/)")
-    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    d.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
-    d.add_argument("--eval", default=None, help="QA JSON for the before/after report (default: the context's \"eval\")")
-    d.add_argument("--retention", default=None, help="QA JSON of general questions (default: a bundled set)")
-    d.add_argument("--docs", default=None,
-                   help="disc and baselines: .jsonl/.json of {\"id\", \"text\", optional \"qa\"}, or a folder of "
-                        ".txt/.md")
-    d.add_argument("--stream", action="store_true",
-                   help="disc and baselines: documents arrive in order, docs_per_batch at a time, evaluated after each")
-    d.add_argument("--qa", default=None,
-                   help="disc and baselines: more QA, {\"q\", \"a\", optional \"doc\": id} (documents' own \"qa\" "
-                        "are used too)")
-    d.add_argument("--per-document", action="store_true",
-                   help="knowledge: one module per document (OUT/modules/ID) instead of one for the corpus (OUT/adapter)")
-    d.add_argument("--objective", default=None, choices=["dcd", "ntp-doc", "ntp-synth"],
-                   help="knowledge: deep context distillation (default), or a next-token baseline on the document "
-                        "text (ntp-doc) or on the synthetic QA/summaries + the text (ntp-synth)")
+
+def _add_distill(sub) -> None:
+    from ctxdistill.recipes import registry
+
+    recipes = registry()
+    d = sub.add_parser("distill", help="run a distillation recipe", formatter_class=argparse.RawTextHelpFormatter,
+                       epilog="recipes:\n" + "\n".join(f"  {r.name:14} {r.summary}\n  {'':14} takes "
+                                                        + ", ".join(INPUT_FLAGS[k][0] for k in r.inputs)
+                                                        for r in recipes.values()))
+    d.add_argument("recipe", help=" | ".join(recipes))
+    for name, (flag, kwargs) in {**CONFIG_FLAGS, **INPUT_FLAGS}.items():
+        d.add_argument(flag, dest=name, **{"default": None, **kwargs})
+    _add_run_flags(d)
     d.set_defaults(func=_cmd_distill)
 
     x = sub.add_parser("experience", help="solve tasks, write notes from the traces, keep the best, consolidate")
     x.add_argument("--tasks", required=True, help='.jsonl of {"prompt", "answer"}')
-    x.add_argument("--checker", default="exact",
-                   help="exact | contains | number | regex | module:function(prompt, response, answer) -> bool")
+    x.add_argument("--checker", default="exact", help=INPUT_FLAGS["checker"][1]["help"])
     x.add_argument("--model", default=None)
-    x.add_argument("--out", required=True)
     x.add_argument("--max-minutes", type=float, default=None, help="budget of the consolidation (onpolicy) run")
-    x.add_argument("--config", default=None)
-    x.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    x.add_argument("--resume", action="store_true")
+    _add_run_flags(x)
     x.set_defaults(func=_cmd_experience)
 
-    k = sub.add_parser("compare", help="one table and one figure (knowledge vs retention) for several doc runs")
-    k.add_argument("runs", nargs="+", help="output folders of disc / baseline runs")
-    k.add_argument("--out", default=None, help="write OUT/compare.md and OUT/compare.png")
-    k.set_defaults(func=_cmd_compare)
 
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="base vs teacher vs student on a QA file; or knowledge modules on --docs")
     e.add_argument("--adapter", action="append", default=[],
                    help="adapter / module folder; repeat to load several at once (their deltas add up)")
@@ -329,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write OUT.md (table) and OUT.json (answers); with --docs a folder: report.md/.png, eval.json")
     e.set_defaults(func=_cmd_eval)
 
+    k = sub.add_parser("compare", help="one table and one figure (knowledge vs retention) for several doc runs")
+    k.add_argument("runs", nargs="+", help="output folders of disc / baseline runs")
+    k.add_argument("--out", default=None, help="write OUT/compare.md and OUT/compare.png")
+    k.set_defaults(func=_cmd_compare)
+
+
+def _add_chat(sub) -> None:
     c = sub.add_parser("chat", help="talk to a model with an adapter")
     c.add_argument("--adapter", action="append", default=[],
                    help="OUT/adapter of a distill run or a module; repeat to load several (omit for the base model)")
@@ -339,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-new-tokens", type=int, default=128)
     c.set_defaults(func=_cmd_chat)
 
+    m = sub.add_parser("model-path", help="print where a model lives (converts the default once)")
+    m.add_argument("name", nargs="?", default="default")
+    m.set_defaults(func=_cmd_model_path)
+
+
+def _add_modules(sub) -> None:
     lib = sub.add_parser("modules", help="knowledge modules: list, show, combine")
     lib_sub = lib.add_subparsers(dest="action", required=True)
     ls = lib_sub.add_parser("list", help="every module under a folder, as a table")
@@ -358,9 +338,12 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--model", default=None, help="base model (default: the modules' own)")
     cb.set_defaults(func=_cmd_modules_combine)
 
-    m = sub.add_parser("model-path", help="print where a model lives (converts the default once)")
-    m.add_argument("name", nargs="?", default="default")
-    m.set_defaults(func=_cmd_model_path)
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctxdistill", description="Bake a context into a model's weights.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_distill, _add_eval, _add_chat, _add_modules):
+        add(sub)
     return p
 
 

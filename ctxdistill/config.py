@@ -1,119 +1,119 @@
-"""Run configuration: plain data, from defaults ← YAML (--config) ← --set key=value, validated with clear errors."""
+"""Run configuration: one class per recipe, composed from shared sections; plain data, validated by pydantic.
+
+Values come from the recipe's class defaults ← YAML (--config) ← command-line flags ← --set key=value. Keys stay
+flat (`--set lr=1e-3`, not `optim.lr`), so a YAML file is one mapping. A key of another recipe is refused with the
+name of the recipe that uses it; `configs/<recipe>.yaml` is generated from these classes (`make configs`).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import types
+import sys
 import typing
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal, Union
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ctxdistill import CtxDistillError
 
-SUMMARY_PROMPTS = ("Summarize the document above.", "List the key facts of the document above, one per line.")
+Positive = Annotated[int, Field(gt=0)]
+Count = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+Share = Annotated[float, Field(ge=0, le=1)]
+OpenShare = Annotated[float, Field(gt=0, lt=1)]
+Names = Union[str, list]  # a name, or a list of them
+
+SUMMARY_PROMPTS = ["Summarize the document above.", "List the key facts of the document above, one per line."]
 QUESTION_PROMPT = "Write a quiz question about one fact from the document above. Reply with the question only."
 
 
-@dataclass
-class DistillConfig:
-    # model and teacher
-    model: str = "default"
-    dtype: str = "auto"  # auto: bf16 where the hardware has it, else fp32
-    device: str = ""  # "" picks cuda when present, else cpu
-    context_kind: str = "system"  # system | prefix | document
-    mode: str = "sequential"  # several contexts: sequential (one after another) | ensemble (teachers mixed)
-    ensemble_weighting: str = "posterior"  # ensemble: views weighed by p(context | query, completion so far) | uniform
-    replay: float = 1.0  # sequential: each later stage also replays this many × its size of earlier samples
-    num_examples: int = 4  # --examples: examples shown to the teacher per query (a fresh subset each time)
-    example_sets: int = 1  # --examples: subsets per query whose teacher distributions are averaged
-    scratchpad: bool = False  # the teacher reasons before the answer delimiter; the student learns the answer only
-    answer_delimiter: str = "Answer:"
-    scratchpad_instruction: str = "Think step by step, then write 'Answer:' followed by the final answer."
-    # what is trained
-    finetune: str = "lora"  # lora | full
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_targets: typing.Union[str, list] = "all-linear"
-    gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, ~1/3 more compute
-    # "": the base with the adapter off (LoRA) or a frozen copy (full); "live": the current student (onpolicy);
-    # else another model with the same tokenizer
-    teacher: str = ""
-    teacher_cache: bool = False  # score the samples once, keep the teacher's top-k on disk (needs top_k > 0)
-    prefix_cache: bool = True  # encode the context once and reuse its KV cache in every teacher forward
-    # objective: a term name, names joined by "+", or a mapping {term: weight}
-    objective: typing.Union[str, dict] = "forward_kl"  # forward_kl | reverse_kl | jsd | sampled_kl | sft
-    temperature: float = 1.0
-    t2_scaling: bool = False  # multiply the divergence terms by T²
-    jsd_beta: float = 0.5  # jsd only: 0 = forward KL, 1 = reverse KL
-    top_k: int = 0  # 0: full vocabulary; k: a top-k support
-    top_k_support: str = "teacher"  # teacher | student | union
-    top_k_tail: str = "renorm"  # renorm | bucket (the rest of the mass as one outcome)
-    skip_first: int = 0  # completion tokens at the start that carry no loss
-    hidden_weight: float = 0.0  # Deep Context Distillation's hidden-state term, weighted against the logit terms
-    hidden_layers: typing.Union[str, list] = "all"  # all, or a list of layer indices
-    chunk_size: int = 256  # completion rows projected to the vocabulary at once
-    # optimization
-    lr: float = 0.0  # 0: 2e-3 for LoRA, 1e-5 for full fine-tuning
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    schedule: str = "cosine"
-    grad_clip: float = 1.0
-    epochs: float = 5.0
-    max_steps: int = 0
-    batch_size: int = 8
-    micro_batch_size: int = 8
+def doc(default, text: str):
+    """A field default with the line that documents it in configs/*.yaml."""
+    return Field(default, description=text)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True,
+                              allow_inf_nan=False)
+
+    def to_dict(self) -> dict:
+        return self.model_dump()
+
+
+class ModelSection(Section):
+    """model"""
+    model: str = doc("default", "HF id, local directory, .gguf file, or 'default' (SmolLM2-135M-Instruct)")
+    dtype: str = doc("auto", "auto: bf16 where the hardware has it, else fp32; or float32 | bfloat16 | float16")
+    device: str = doc("", '"" picks cuda when present, else cpu')
     seed: int = 0
-    checkpoint_every: int = 25
-    max_minutes: float = 0.0  # 0: no budget
-    # data: queries and teacher samples
-    num_queries: int = 64  # synthesized when no --prompts
-    query_temperature: float = 1.0
-    samples_per_query: int = 8
-    sample_temperature: float = 0.8
-    max_new_tokens: int = 96
-    gen_batch_size: int = 64
-    # documents (disc and its baselines)
-    split_strategy: str = "random"  # random (sentence boundaries + the last sentence) | middle | uniform | token
-    splits_per_doc: int = 4  # (prefix, suffix) splits per document per step
-    max_suffix_tokens: int = 0  # 0: the rest of the document, up to half the window
-    max_seq_len: int = 0  # 0: the model's window
-    docs_per_batch: int = 1  # --stream: documents that arrive together, evaluated after each batch
-    kl_weight: float = 1.0  # finetune-kl: weight of KL(initial ‖ model) next to next-token prediction
-    # knowledge modules (knowledge recipe)
-    knowledge_objective: str = "dcd"  # dcd | ntp-doc | ntp-synth (baselines: next-token on the text / on QA + text)
-    knowledge_data: str = "synthetic"  # dcd: synthetic (summaries + QA about each chunk) | raw (document windows)
-    chunk_tokens: int = 512  # documents are cut into chunks of this many tokens
-    chunk_overlap: int = 64  # tokens shared by consecutive chunks
-    summary_prompts: typing.Union[str, list] = dataclasses.field(default_factory=lambda: list(SUMMARY_PROMPTS))
-    summaries_per_prompt: int = 8  # sampled per chunk per summary prompt
-    summary_view: str = "text"  # what the student reads of a summary: text (the summary alone) | prompt (+ instruction)
-    question_prompt: str = QUESTION_PROMPT
-    questions_per_chunk: int = 64  # sampled; the kept (deduplicated) ones are answered with the chunk in context
-    answers_per_question: int = 1  # 1: the greedy answer; more: sampled answers
-    synth_temperature: float = 0.7
-    raw_window: int = 256  # knowledge_data=raw: tokens per window (the teacher sees all of it)
-    raw_loss_fraction: float = 0.25  # raw: the last share of the window, seen alone by the student, carries the loss
-    retrieval_top_k: int = 1  # chunks put in context by the module + retrieval evaluation
-    anchor_fraction: float = 0.0  # offline, dcd: this many × the pairs of general prompts where the base is matched
-    anchor_prompts: str = ""  # their prompts: a file (.txt/.jsonl/.json), or "" for a bundled general set
-    # on-policy (onpolicy recipe)
-    offline_fraction: float = 0.0  # share of steps trained on teacher samples instead of the student's own
-    # experience (ctxdistill experience)
-    select_fraction: float = 0.25  # tasks that pick the best notes
-    test_fraction: float = 0.25  # tasks for the report
-    experience_candidates: int = 4  # note sets written (sampled) from the model's own traces
-    traces_per_note: int = 6  # traces shown for writing one note set
-    max_notes: int = 5  # notes per set
-    # evaluation written to the report
-    eval_max_new_tokens: int = 48
+
+    @model_validator(mode="after")
+    def _known_dtype(self):
+        from ctxdistill.core.models import DTYPES
+
+        if not self.model.strip():
+            raise ValueError("model is empty. Pass --model with a Hugging Face id, a path, or 'default'.")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not valid; use auto or one of {', '.join(DTYPES)}.")
+        return self
+
+
+class TrainedSection(Section):
+    """what is trained"""
+    finetune: Literal["lora", "full"] = "lora"
+    lora_r: Positive = 16
+    lora_alpha: Positive = 32
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    lora_targets: Names = doc("all-linear", "all-linear, or a list of module names, e.g. [q_proj, v_proj]")
+    gradient_checkpointing: bool = doc(False, "recompute activations in the backward: less memory, ~1/3 more compute")
+
+
+class OptimSection(Section):
+    """optimization and budget"""
+    lr: NonNegative = doc(0.0, "0: 2e-3 for LoRA, 1e-5 for full fine-tuning")
+    weight_decay: NonNegative = 0.0
+    warmup_ratio: Share = 0.1
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    grad_clip: NonNegative = doc(1.0, "0: no clipping")
+    epochs: NonNegative = 5.0
+    max_steps: Count = doc(0, "0: epochs decide")
+    batch_size: Positive = doc(8, "examples per optimizer step")
+    micro_batch_size: Positive = doc(8, "examples per forward; batch_size is accumulated from them")
+    checkpoint_every: Positive = doc(25, "optimizer steps between checkpoints (--resume continues from the last)")
+    max_minutes: NonNegative = doc(0.0, "wall-clock budget of generation + training; 0: none")
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr > 0 else (2e-3 if self.finetune == "lora" else 1e-5)
+        return self.lr if self.lr > 0 else (2e-3 if getattr(self, "finetune", "lora") == "lora" else 1e-5)
+
+    @model_validator(mode="after")
+    def _whole_micro_batches(self):
+        if self.batch_size >= self.micro_batch_size and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
+                             f"({self.micro_batch_size}). Change --set batch_size=... or micro_batch_size=....")
+        return self
+
+
+class LossSection(Section):
+    """loss"""
+    chunk_size: Positive = doc(256, "completion rows projected to the vocabulary at once")
+
+
+class ObjectiveSection(LossSection):
+    """objective: a term, terms joined by "+", or a mapping {term: weight}, e.g. {forward_kl: 1.0, sft: 0.1}"""
+    objective: Union[str, dict] = doc("forward_kl", "forward_kl | reverse_kl | jsd | sampled_kl | sft")
+    temperature: PositiveFloat = 1.0
+    t2_scaling: bool = doc(False, "multiply the divergence terms by T^2")
+    jsd_beta: float = doc(0.5, "jsd only: 0 = forward KL, 1 = reverse KL")
+    top_k: Count = doc(0, "0: full vocabulary; k: compare on a top-k support")
+    top_k_support: Literal["teacher", "student", "union"] = "teacher"
+    top_k_tail: Literal["renorm", "bucket"] = doc("renorm", "bucket: the rest of the mass is one extra outcome")
+    skip_first: Count = doc(0, "completion tokens at the start that carry no loss")
+    hidden_weight: NonNegative = doc(0.0, "Deep Context Distillation's hidden-state term, against the logit terms")
+    hidden_layers: Names = doc("all", "all, or a list of layer indices, e.g. [10, 20, 29]")
 
     def objective_terms(self) -> dict[str, float]:
         if isinstance(self.objective, dict):
@@ -139,107 +139,255 @@ class DistillConfig:
                          jsd_beta=self.jsd_beta, top_k=self.top_k, support=self.top_k_support, tail=self.top_k_tail,
                          hidden_weight=self.hidden_weight, hidden_layers=layers)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def validate(self) -> "DistillConfig":
-        choices = {"finetune": ("lora", "full"), "mode": ("sequential", "ensemble"),
-                   "context_kind": ("system", "prefix", "document"), "schedule": ("cosine", "linear", "constant"),
-                   "split_strategy": ("random", "middle", "uniform", "token"),
-                   "ensemble_weighting": ("posterior", "uniform"),
-                   "knowledge_objective": ("dcd", "ntp-doc", "ntp-synth"), "knowledge_data": ("synthetic", "raw"),
-                   "summary_view": ("text", "prompt")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise CtxDistillError(f"{key}={getattr(self, key)!r} is not valid; use one of {', '.join(allowed)}.")
-        positive = ["num_examples", "example_sets", "lora_r", "batch_size", "micro_batch_size", "samples_per_query",
-                    "max_new_tokens", "gen_batch_size", "chunk_size", "temperature", "eval_max_new_tokens",
-                    "splits_per_doc", "docs_per_batch", "experience_candidates", "traces_per_note", "max_notes", "chunk_tokens",
-                    "synth_temperature", "raw_window", "retrieval_top_k"]
-        for key in positive:
-            if getattr(self, key) <= 0:
-                raise CtxDistillError(f"{key} must be > 0, got {getattr(self, key)}.")
-        for key in ["epochs", "max_minutes", "lr", "weight_decay", "top_k", "max_steps", "warmup_ratio", "skip_first",
-                    "replay", "max_suffix_tokens", "max_seq_len", "kl_weight", "offline_fraction", "chunk_overlap",
-                    "summaries_per_prompt", "questions_per_chunk", "answers_per_question", "anchor_fraction"]:
-            if getattr(self, key) < 0:
-                raise CtxDistillError(f"{key} must be >= 0, got {getattr(self, key)}.")
-        if self.batch_size >= self.micro_batch_size and self.batch_size % self.micro_batch_size:
-            raise CtxDistillError(f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
-                                  f"({self.micro_batch_size}). Change --set batch_size=... or micro_batch_size=....")
-        if not self.model.strip():
-            raise CtxDistillError("model is empty. Pass --model with a Hugging Face id, a path, or 'default'.")
-        from ctxdistill.core.models import DTYPES
-
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise CtxDistillError(f"dtype={self.dtype!r} is not valid; use auto or one of {', '.join(DTYPES)}.")
-        if not (0 < self.select_fraction < 1 and 0 < self.test_fraction < 1
-                and self.select_fraction + self.test_fraction < 1):
-            raise CtxDistillError("select_fraction and test_fraction must be in (0, 1) and leave tasks for training "
-                                  f"(got {self.select_fraction} and {self.test_fraction}).")
-        if self.offline_fraction > 1:
-            raise CtxDistillError(f"offline_fraction is a share of steps, in [0, 1]; got {self.offline_fraction}.")
-        if not 0 < self.raw_loss_fraction < 1:
-            raise CtxDistillError(f"raw_loss_fraction is the share of a window that carries the loss, in (0, 1); got "
-                                  f"{self.raw_loss_fraction}.")
-        if self.chunk_overlap >= self.chunk_tokens:
-            raise CtxDistillError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens "
-                                  f"({self.chunk_tokens}).")
-        if isinstance(self.summary_prompts, str):
-            self.summary_prompts = [self.summary_prompts] if self.summary_prompts.strip() else []
-        if not all(isinstance(p, str) and p.strip() for p in self.summary_prompts):
-            raise CtxDistillError("summary_prompts must be a list of non-empty instructions (or [] for none).")
-        if not self.question_prompt.strip() and self.questions_per_chunk:
-            raise CtxDistillError("question_prompt is empty; write the instruction, or set questions_per_chunk=0.")
-        if self.scratchpad and not self.answer_delimiter.strip():
-            raise CtxDistillError("scratchpad needs a non-empty answer_delimiter.")
-        objective = self.build_objective()  # refuses unknown terms, bad weights, supports and tails
-        if self.teacher_cache and (not self.top_k or self.top_k_support != "teacher"):
-            raise CtxDistillError("teacher_cache stores the teacher's top-k: set top_k > 0 and top_k_support=teacher.")
-        if self.teacher_cache and ("sampled_kl" in objective.terms or objective.hidden_weight > 0):
-            raise CtxDistillError("teacher_cache cannot serve sampled_kl or the hidden-state term (they need a live "
-                                  "teacher); set teacher_cache=false.")
+    @model_validator(mode="after")
+    def _objective_builds(self):
+        self.build_objective()  # refuses unknown terms, bad weights, supports and tails
         return self
 
 
+class GenerationSection(Section):
+    """generation"""
+    max_new_tokens: Positive = doc(96, "tokens per generated completion")
+    gen_batch_size: Positive = doc(64, "sequences decoded together")
+
+
+class TeacherSection(Section):
+    """teacher"""
+    teacher: str = doc("", '"": the base with the adapter off (LoRA) or a frozen copy (full); else another model, '
+                           "same tokenizer")
+    context_kind: Literal["system", "prefix", "document"] = doc("system", "where the context goes in the chat")
+    prefix_cache: bool = doc(True, "encode the context once; every teacher forward reuses its KV cache")
+
+
+class QuerySection(Section):
+    """queries and samples"""
+    num_queries: Positive = doc(64, "synthesized when there are no prompts")
+    query_temperature: PositiveFloat = 1.0
+    sample_temperature: NonNegative = doc(0.8, "0: greedy")
+
+
+class AnchorSection(Section):
+    """anchors: general prompts where the student keeps to the teacher's own no-context answers"""
+    anchor_fraction: NonNegative = doc(0.0, "anchor pairs per training pair (0: none)")
+    anchor_prompts: str = doc("", 'a prompts file, or "" for the bundled general set')
+
+
+class DocumentSection(Section):
+    """documents"""
+    max_seq_len: Count = doc(0, "0: the model's window")
+    docs_per_batch: Positive = doc(1, "--stream: documents that arrive together, evaluated after each batch")
+
+
+class EvalSection(Section):
+    """evaluation written to the report"""
+    eval_max_new_tokens: Positive = 48
+
+
+class OfflineConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection, TeacherSection, QuerySection,
+                    GenerationSection, AnchorSection, EvalSection):
+    """offline: teacher samples, several contexts, few-shot examples, scratch-pads"""
+    mode: Literal["sequential", "ensemble"] = doc("sequential", "several contexts: one after another | teachers "
+                                                               "mixed")
+    ensemble_weighting: Literal["posterior", "uniform"] = doc(
+        "posterior", "ensemble: each view weighed by p(context | query, completion so far) | uniform")
+    replay: NonNegative = doc(1.0, "sequential: each later stage also replays this many x its size of earlier samples")
+    num_examples: Positive = doc(4, "--examples: examples shown to the teacher per query (a fresh subset each time)")
+    example_sets: Positive = doc(1, "--examples: subsets per query whose teacher distributions are averaged")
+    scratchpad: bool = doc(False, "the teacher reasons before answer_delimiter; the student learns only the answer")
+    answer_delimiter: str = "Answer:"
+    scratchpad_instruction: str = "Think step by step, then write 'Answer:' followed by the final answer."
+    teacher_cache: bool = doc(False, "score the samples once, keep the teacher's top-k on disk (needs top_k > 0)")
+    samples_per_query: Positive = 8
+
+    @model_validator(mode="after")
+    def _offline_rules(self):
+        if self.scratchpad and not self.answer_delimiter.strip():
+            raise ValueError("scratchpad needs a non-empty answer_delimiter.")
+        if self.teacher == "live":
+            raise ValueError("teacher=live (the current student as its own teacher) is for the onpolicy recipe; "
+                             "offline samples are written before training, by a fixed teacher.")
+        if self.teacher_cache and (not self.top_k or self.top_k_support != "teacher"):
+            raise ValueError("teacher_cache stores the teacher's top-k: set top_k > 0 and top_k_support=teacher.")
+        objective = self.build_objective()
+        if self.teacher_cache and ("sampled_kl" in objective.terms or objective.hidden_weight > 0):
+            raise ValueError("teacher_cache cannot serve sampled_kl or the hidden-state term (they need a live "
+                             "teacher); set teacher_cache=false.")
+        return self
+
+
+class OnpolicyConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection, TeacherSection, QuerySection,
+                     GenerationSection, EvalSection):
+    """onpolicy: the student samples without the context, the teacher scores the same ids with it"""
+    objective: Union[str, dict] = "reverse_kl"
+    top_k: Count = 256
+    top_k_support: Literal["teacher", "student", "union"] = "student"
+    teacher: str = doc("", '"": the base with the adapter off | live: the current student | another model')
+    offline_fraction: Share = doc(0.0, "share of steps on teacher samples instead of the student's own")
+    sample_temperature: NonNegative = 1.0
+    max_new_tokens: Positive = 64
+    batch_size: Positive = doc(16, "queries (= samples) per optimizer step")
+    micro_batch_size: Positive = 16
+    max_steps: Count = doc(110, "every step samples afresh, so training is counted in steps")
+    lr: NonNegative = 2e-3
+    warmup_ratio: Share = 0.05
+
+
+class ExperienceConfig(OnpolicyConfig):
+    """experience: solve tasks, write notes from the traces, keep the best, consolidate them on-policy"""
+    select_fraction: OpenShare = doc(0.25, "tasks that pick the best note set")
+    test_fraction: OpenShare = doc(0.25, "tasks for the report")
+    experience_candidates: Positive = doc(4, "note sets written (sampled) from the model's own traces")
+    traces_per_note: Positive = doc(6, "traces shown for writing one note set")
+    max_notes: Positive = doc(5, "notes per set")
+
+    @model_validator(mode="after")
+    def _tasks_left_to_train(self):
+        if self.select_fraction + self.test_fraction >= 1:
+            raise ValueError("select_fraction and test_fraction must leave tasks for training "
+                             f"(got {self.select_fraction} and {self.test_fraction}).")
+        return self
+
+
+class DiscConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection, DocumentSection, EvalSection):
+    """disc: teacher = frozen initial model on prefix + suffix, student = suffix alone, forward KL at T=2 (x T^2)"""
+    temperature: PositiveFloat = 2.0
+    t2_scaling: bool = True
+    lr: NonNegative = 1e-3
+    warmup_ratio: Share = 0.05
+    epochs: NonNegative = doc(20.0, "passes over the documents; each pass draws fresh splits")
+    batch_size: Positive = doc(1, "documents per optimizer step: a document's splits accumulate into one step")
+    micro_batch_size: Positive = 1
+    split_strategy: Literal["random", "middle", "uniform", "token"] = doc(
+        "random", "random (splits_per_doc - 1 random sentence boundaries + the last sentence) | middle | uniform | "
+                  "token")
+    splits_per_doc: Positive = doc(4, "(prefix, suffix) splits per document per step")
+    max_suffix_tokens: Count = doc(0, "0: the rest of the document, up to half the window")
+
+
+class FinetuneConfig(ModelSection, TrainedSection, LossSection, OptimSection, DocumentSection, EvalSection):
+    """finetune: next-token prediction on the document text, full weights"""
+    finetune: Literal["lora", "full"] = "full"
+    lr: NonNegative = 1e-5
+    warmup_ratio: Share = 0.05
+    epochs: NonNegative = doc(20.0, "passes over the documents")
+    batch_size: Positive = doc(1, "documents per optimizer step")
+    micro_batch_size: Positive = 1
+
+
+class FinetuneKLConfig(FinetuneConfig):
+    """finetune-kl: next-token prediction + kl_weight x KL(initial || model) on the same tokens"""
+    kl_weight: NonNegative = doc(1.0, "weight of KL(initial || model) next to next-token prediction")
+    temperature: PositiveFloat = 1.0
+
+
+class LoraFinetuneConfig(FinetuneConfig):
+    """lora-finetune: next-token prediction on the document text, a LoRA adapter"""
+    finetune: Literal["lora", "full"] = "lora"
+    lr: NonNegative = 1e-3
+
+
+class KnowledgeConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection, GenerationSection,
+                      AnchorSection, EvalSection):
+    """knowledge: documents -> plug-in LoRA modules by deep context distillation (or a next-token baseline)"""
+    lora_alpha: Positive = 16
+    lr: NonNegative = 1e-3
+    hidden_weight: NonNegative = 1.0
+    epochs: NonNegative = 16.0
+    warmup_ratio: Share = 0.05
+    anchor_fraction: NonNegative = 0.5
+    max_seq_len: Count = doc(0, "0: the model's window")
+    knowledge_objective: Literal["dcd", "ntp-doc", "ntp-synth"] = doc("dcd", "dcd | ntp-doc | ntp-synth (--objective)")
+    knowledge_data: Literal["synthetic", "raw"] = doc("synthetic", "dcd: synthetic (summaries + QA about each chunk) "
+                                                                   "| raw (document windows)")
+    chunk_tokens: Positive = doc(512, "documents are cut into chunks of this many tokens")
+    chunk_overlap: Count = doc(64, "tokens shared by consecutive chunks")
+    summary_prompts: Names = Field(default_factory=lambda: list(SUMMARY_PROMPTS))
+    summaries_per_prompt: Count = doc(8, "sampled per chunk per summary prompt")
+    summary_view: Literal["text", "prompt"] = doc("text", "what the student reads of a summary: the text alone | "
+                                                          "with its instruction")
+    question_prompt: str = QUESTION_PROMPT
+    questions_per_chunk: Count = doc(64, "sampled; the kept (deduplicated) ones are answered with the chunk in context")
+    answers_per_question: Count = doc(1, "1: the greedy answer; more: sampled answers")
+    synth_temperature: PositiveFloat = 0.7
+    raw_window: Positive = doc(256, "knowledge_data=raw: tokens per window (the teacher sees all of it)")
+    raw_loss_fraction: OpenShare = doc(0.25, "raw: the last share of the window, seen alone by the student, carries "
+                                             "the loss")
+    retrieval_top_k: Positive = doc(1, "chunks put in context for the retrieval rows of the evaluation")
+
+    @model_validator(mode="after")
+    def _knowledge_rules(self):
+        if self.finetune != "lora":
+            raise ValueError("A knowledge module is a LoRA adapter: the knowledge recipe needs finetune=lora.")
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens "
+                             f"({self.chunk_tokens}).")
+        if isinstance(self.summary_prompts, str):
+            self.__dict__["summary_prompts"] = [self.summary_prompts] if self.summary_prompts.strip() else []
+        if not all(isinstance(p, str) and p.strip() for p in self.summary_prompts):
+            raise ValueError("summary_prompts must be a list of non-empty instructions (or [] for none).")
+        if not self.question_prompt.strip() and self.questions_per_chunk:
+            raise ValueError("question_prompt is empty; write the instruction, or set questions_per_chunk=0.")
+        return self
+
+
+CONFIGS: dict[str, type[Section]] = {
+    "offline": OfflineConfig, "onpolicy": OnpolicyConfig, "experience": ExperienceConfig, "disc": DiscConfig,
+    "finetune": FinetuneConfig, "finetune-kl": FinetuneKLConfig, "lora-finetune": LoraFinetuneConfig,
+    "knowledge": KnowledgeConfig,
+}
 ALIASES = {"learning_rate": "lr", "lr_rate": "lr", "rank": "lora_r", "r": "lora_r", "alpha": "lora_alpha",
            "num_epochs": "epochs", "steps": "max_steps", "k": "top_k"}
 
 
-def _coerce(key: str, value, typ):
-    origin = typing.get_origin(typ)
-    if origin in (typing.Union, types.UnionType):
-        allowed = typing.get_args(typ)
-        if isinstance(value, allowed):
-            return value
-        raise CtxDistillError(f"{key} must be one of: {', '.join(a.__name__ for a in allowed)}; got {value!r}.")
-    if typ in (int, float) and isinstance(value, str):
-        try:  # YAML reads 1e-3 (no dot) as a string
-            value = typ(value)
-        except ValueError:
-            pass
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-    elif typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    elif typ is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    elif typ is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise CtxDistillError(f"{key} must be of type {typ.__name__}, got {value!r}.")
+def owners_of(key: str) -> list[str]:
+    return [name for name, cls in CONFIGS.items() if key in cls.model_fields]
 
 
-def apply_overrides(cfg, values: dict, source: str):
-    hints = typing.get_type_hints(type(cfg))
-    names = [f.name for f in dataclasses.fields(cfg)]
+def check_keys(cls: type[Section], recipe: str, values: dict, source: str) -> None:
+    """Unknown keys get a suggestion, keys of another recipe the name of that recipe; bools are not numbers."""
+    names = list(cls.model_fields)
     for key, value in values.items():
         if key not in names:
+            owners = owners_of(key)
+            if owners:
+                raise CtxDistillError(f"'{key}' (in {source}) is a key of the {', '.join(owners)} recipe; the "
+                                      f"{recipe} recipe does not use it. Remove it, or run that recipe.")
             close = ([ALIASES[key]] if key in ALIASES else []) + difflib.get_close_matches(key, names, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else f" Valid keys: {', '.join(names)}."
             raise CtxDistillError(f"Unknown config key '{key}' in {source}.{hint}")
-        setattr(cfg, key, _coerce(key, value, hints[key]))
-    return cfg
+        kind = _type_name(cls.model_fields[key].annotation)
+        if isinstance(value, bool) and kind in ("int", "float"):
+            raise CtxDistillError(f"{key} must be of type {kind}, got {value!r}.")
+
+
+def _type_name(annotation) -> str:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Annotated:
+        return _type_name(args[0])
+    if typing.get_origin(annotation) is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if args:
+        return " or ".join(_type_name(a) for a in args)
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def friendly_error(e: ValidationError, cls: type[Section]) -> CtxDistillError:
+    """pydantic's first error in the project's words: the key, what it must be, and the value given."""
+    err = e.errors()[0]
+    key = err["loc"][0] if err["loc"] else ""
+    value, kind, ctx = err.get("input"), err["type"], err.get("ctx", {})
+    if kind == "value_error":
+        return CtxDistillError(str(ctx.get("error", err["msg"])).removeprefix("Value error, "))
+    if kind == "literal_error":
+        choices = typing.get_args(cls.model_fields[key].annotation)
+        return CtxDistillError(f"{key}={value!r} is not valid; use one of {', '.join(choices)}.")
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in bounds:
+        bound = next(iter(ctx.values()))
+        return CtxDistillError(f"{key} must be {bounds[kind]} {bound}, got {value}.")
+    if kind == "finite_number":
+        return CtxDistillError(f"{key} must be a finite number, got {value!r}.")
+    return CtxDistillError(f"{key} must be of type {_type_name(cls.model_fields[key].annotation)}, got {value!r}.")
 
 
 def parse_set(items: list[str]) -> dict:
@@ -255,23 +403,64 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
-def load_config(config_file: str | None = None, sets: list[str] | None = None, defaults: dict | None = None,
-                **cli_values) -> DistillConfig:
-    """defaults (a recipe's own) ← YAML ← command-line flags ← --set."""
-    cfg = apply_overrides(DistillConfig(), defaults or {}, "the recipe defaults")
-    if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise CtxDistillError(f"Config file not found: {path}. Check the path given to --config.")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise CtxDistillError(f"{path} is not valid YAML: {e}") from e
-        if not isinstance(data, dict):
-            raise CtxDistillError(f"{path} must be a YAML mapping of key: value (see configs/offline.yaml).")
-        apply_overrides(cfg, data, str(path))
-    apply_overrides(cfg, {k: v for k, v in cli_values.items() if v is not None}, "the command line")
-    apply_overrides(cfg, parse_set(sets), "--set")
-    return cfg.validate()
+def read_yaml(config_file: str) -> dict:
+    path = Path(config_file)
+    if not path.is_file():
+        raise CtxDistillError(f"Config file not found: {path}. Check the path given to --config.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise CtxDistillError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise CtxDistillError(f"{path} must be a YAML mapping of key: value (see configs/offline.yaml).")
+    return data
 
 
+def load_config(recipe: str = "offline", config_file: str | None = None, sets: list[str] | None = None,
+                **cli_values):
+    """The recipe's defaults ← YAML ← command-line flags (None: not given) ← --set, validated."""
+    if recipe not in CONFIGS:
+        raise CtxDistillError(f"Unknown recipe '{recipe}'. Available: {', '.join(CONFIGS)}.")
+    cls = CONFIGS[recipe]
+    values: dict = {}
+    sources = [(read_yaml(config_file) if config_file else {}, str(config_file)),
+               ({k: v for k, v in cli_values.items() if v is not None}, "the command line"),
+               (parse_set(sets), "--set")]
+    for layer, source in sources:
+        check_keys(cls, recipe, layer, source)
+        values.update(layer)
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        raise friendly_error(e, cls) from None
+
+
+def config_yaml(recipe: str) -> str:
+    """configs/<recipe>.yaml: every key of the recipe with its default and its line of documentation, by section."""
+    cls = CONFIGS[recipe]
+    lines = [f"# Every key of `ctxdistill {'' if recipe == 'experience' else 'distill '}{recipe}`, with its default. "
+             "Pass with --config FILE or --set key=value.", "# Generated from ctxdistill/config.py (make configs)."]
+    seen = set()
+    recipes = [c for c in reversed(cls.__mro__) if c in CONFIGS.values()]  # e.g. onpolicy, then experience
+    shared = [c for c in cls.__mro__ if issubclass(c, Section) and c is not Section and c not in recipes]
+    for section in shared + recipes:
+        own = [k for k in section.__annotations__ if k in cls.model_fields and k not in seen]
+        if not own:
+            continue
+        lines += ["", f"# -- {(section.__doc__ or section.__name__).strip()}"]
+        for key in own:
+            seen.add(key)
+            field = cls.model_fields[key]
+            value = field.get_default(call_default_factory=True)
+            text = f"{key}: " + yaml.safe_dump([value], default_flow_style=True, width=10_000).strip()[1:-1]
+            note = next((c.model_fields[key].description for c in cls.__mro__
+                         if issubclass(c, Section) and key in c.model_fields and c.model_fields[key].description), "")
+            lines.append(f"{text}  # {note}" if note else text)
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m ctxdistill.config configs/  — rewrites every configs/<recipe>.yaml
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "configs")
+    for name in CONFIGS:
+        (folder / f"{name}.yaml").write_text(config_yaml(name), encoding="utf-8")
+        print(f"wrote {folder / name}.yaml")

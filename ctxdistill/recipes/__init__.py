@@ -1,25 +1,31 @@
-"""One file per method; each exposes `run(cfg, **inputs)` and its config `DEFAULTS`."""
+"""The recipe registry: every method is one module of this package that declares `RECIPES = [Recipe(...)]`.
 
-DOC_RECIPES = ("disc", "finetune", "finetune-kl", "lora-finetune", "knowledge")  # learn from --docs
-RECIPES = ("offline", "onpolicy", *DOC_RECIPES)
+A new method is one new file here; the command line and the Python API find it through `registry()`."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from functools import cache
+
+from ctxdistill import CtxDistillError
+from ctxdistill.recipes.base import Recipe, RunResult
+
+__all__ = ["Recipe", "RunResult", "get_recipe", "registry"]
 
 
-def recipe_defaults(name: str) -> dict:
-    """Config values a recipe starts from, before --config and --set."""
-    if name == "disc":
-        from ctxdistill.recipes import disc
+@cache
+def registry() -> dict[str, Recipe]:
+    found: dict[str, Recipe] = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for recipe in getattr(module, "RECIPES", ()):
+            found[recipe.name] = recipe
+    return found
 
-        return dict(disc.DEFAULTS)
-    if name == "knowledge":
-        from ctxdistill.recipes import knowledge
 
-        return dict(knowledge.DEFAULTS)
-    if name == "onpolicy":
-        from ctxdistill.recipes import onpolicy
-
-        return dict(onpolicy.DEFAULTS)
-    if name in DOC_RECIPES:
-        from ctxdistill.recipes import baselines
-
-        return dict(baselines.DEFAULTS[name])
-    return {}
+def get_recipe(name: str) -> Recipe:
+    recipes = registry()
+    if name not in recipes:
+        raise CtxDistillError(f"Unknown recipe '{name}'. Available: {', '.join(recipes)}.")
+    return recipes[name]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 
 from ctxdistill import CtxDistillError
-from ctxdistill.core.files import read_jsonl, write_jsonl
-from ctxdistill.core.models import bf16_supported, default_device, load_model
+from ctxdistill.core.files import atomic_write_json, read_jsonl, write_jsonl
+from ctxdistill.core.models import add_lora, bf16_supported, default_device, enable_gradient_checkpointing, load_model
 from ctxdistill.core.training import TrainSettings
 
 
@@ -62,3 +65,51 @@ def training_fingerprint_config(cfg) -> dict:
     their defaults (so a key added by a later version does not orphan existing checkpoints)."""
     defaults = type(cfg)().to_dict()
     return {k: v for k, v in cfg.to_dict().items() if k not in ("max_minutes", "checkpoint_every") and v != defaults[k]}
+
+
+DEFAULT_WINDOW = 2048  # for a model config that does not say its context length
+
+
+def model_window(model, cfg) -> int:
+    """The longest sequence a run may build: the model's context length, capped by max_seq_len where set."""
+    window = getattr(model.config, "max_position_embeddings", None) or DEFAULT_WINDOW
+    cap = getattr(cfg, "max_seq_len", 0)
+    return min(window, cap) if cap else window
+
+
+def fingerprint(*parts) -> str:
+    """A digest of JSON-able parts: what a checkpoint or cached data must have been made from to be reused."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def share_budget(deadline_at: float | None, planned: list[float]) -> float | None:
+    """The deadline of the next stage when the time left is shared by the stages still to run (`planned`, the
+    next one first) in proportion to their planned work."""
+    if deadline_at is None:
+        return None
+    return time.time() + (deadline_at - time.time()) * planned[0] / sum(planned)
+
+
+def make_student(model, cfg):
+    """The trainable student: a fresh LoRA adapter on the model, or the model itself for full fine-tuning."""
+    student = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets) \
+        if cfg.finetune == "lora" else model.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(student)
+    return student
+
+
+def budget_deadline(cfg, t_start: float) -> float | None:
+    return t_start + cfg.max_minutes * 60 if cfg.max_minutes else None
+
+
+def check_data_inputs(out: Path, inputs: dict) -> None:
+    """Data cached in OUT/data is reused on --resume only if it was made from the same inputs (the first run
+    records them in OUT/data/inputs.json)."""
+    path = out / "data" / "inputs.json"
+    if path.exists():
+        if json.loads(path.read_text()) != json.loads(json.dumps(inputs)):
+            raise CtxDistillError(f"{out} holds data made from other inputs (context, prompts or generation "
+                                  "settings changed). Resume with the same inputs, or choose a new --out.")
+    else:
+        atomic_write_json(path, inputs)

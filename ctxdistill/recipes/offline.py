@@ -13,58 +13,48 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ctxdistill import CtxDistillError
-from ctxdistill.config import DistillConfig
-from ctxdistill.core.files import atomic_write_json
-from ctxdistill.core.forward import encode_prefix, shared_prefix_len
+from ctxdistill.config import OfflineConfig
+from ctxdistill.core.forward import MIN_SHARED_PREFIX, encode_prefix, shared_prefix_len
 from ctxdistill.core.generation import MergedCopy, generate, stop_token_ids
 from ctxdistill.core.losses import DistillLoss, collate_pairs
-from ctxdistill.core.models import add_lora, enable_gradient_checkpointing, load_adapter
-from ctxdistill.core.pairs import Context, assistant_header, build_pair, render_prompt
-from ctxdistill.core.teacher import Teacher, load_teacher_model
+from ctxdistill.core.models import enable_gradient_checkpointing, load_adapter
+from ctxdistill.core.pairs import Context, Pair, assistant_header, build_pair, render_prompt
+from ctxdistill.core.teacher import CONTEXT_CACHE_TOKENS, Teacher, load_teacher_model
 from ctxdistill.core.topk_cache import TopKCache, build_topk_cache
 from ctxdistill.core.training import total_steps_for, train
 from ctxdistill.data.anchors import make_anchors, with_anchors
-from ctxdistill.data.inputs import BUNDLED_RETENTION, read_context, read_prompts, read_qa, read_qa_items
+from ctxdistill.data.inputs import read_context, read_prompts, read_qa, read_qa_items, read_retention
 from ctxdistill.data.queries import synthesize_queries
-from ctxdistill.data.sources import context_source, examples_source
+from ctxdistill.data.sources import Source, context_source, examples_source
 from ctxdistill.eval.evaluation import evaluate, results_table
 from ctxdistill.eval.reports import write_report
 from ctxdistill.recipes.artifacts import save_trained, sha256_text, write_manifest
-from ctxdistill.recipes.common import main_process_writes, open_run, train_settings, training_fingerprint_config
+from ctxdistill.recipes.base import Recipe, RunResult
+from ctxdistill.recipes.common import (budget_deadline, check_data_inputs, fingerprint, main_process_writes,
+                                       make_student, model_window, open_run, share_budget, train_settings,
+                                       training_fingerprint_config)
 
 DATA_KEYS = ("model", "teacher", "context_kind", "mode", "num_examples", "example_sets", "scratchpad",
              "answer_delimiter", "scratchpad_instruction", "num_queries", "query_temperature", "samples_per_query",
-             "sample_temperature",
-             "max_new_tokens", "seed")
+             "sample_temperature", "max_new_tokens", "seed")  # what the cached queries and samples were made with
 
 
-def check_data_fingerprint(out: Path, fingerprint: dict) -> None:
-    """Cached data is reused on --resume only if it was made from the same inputs."""
-    path = out / "data" / "inputs.json"
-    if path.exists():
-        if json.loads(path.read_text()) != fingerprint:
-            raise CtxDistillError(f"{out} holds data made from other inputs (context, prompts or generation "
-                                  "settings changed). Resume with the same inputs, or choose a new --out.")
-    else:
-        atomic_write_json(path, fingerprint)
-
-
-def make_teacher(cfg: DistillConfig, objective, student, other, pairs, pad_id: int, out: Path, accelerator,
+def make_teacher(cfg: OfflineConfig, objective, student, other, pairs, pad_id: int, out: Path, accelerator,
                  tag: str = ""):
     """The live teacher (context prefix encoded once), or its top-k cache on disk, or None for pure SFT."""
     if not objective.needs_teacher:
         return None
     # The cache is written before any update, so the student's own weights are the initial ones: no copy needed.
     live = Teacher(student, frozen_copy=cfg.finetune == "full" and not cfg.teacher_cache and other is None,
-                   other=other, context_cache_tokens=16384 if cfg.prefix_cache else 0)
+                   other=other, context_cache_tokens=CONTEXT_CACHE_TOKENS if cfg.prefix_cache else 0)
     if cfg.prefix_cache and not any(p.more_teachers for p in pairs):  # an ensemble caches per context instead
         live.encode_shared_prefix([p.teacher_ids for p in pairs], [p.teacher_prompt_len for p in pairs])
     if not cfg.teacher_cache:
@@ -73,13 +63,12 @@ def make_teacher(cfg: DistillConfig, objective, student, other, pairs, pad_id: i
         raise CtxDistillError("teacher_cache stores one teacher view per sample; an ensemble of contexts (mode="
                               "ensemble, a split context or example_sets > 1) needs the live teacher.")
     path = out / "data" / f"teacher_topk{tag}"
-    fingerprint = hashlib.sha256(json.dumps([cfg.model, cfg.teacher, cfg.top_k, cfg.temperature,
-                                             [p.teacher_ids for p in pairs]]).encode()).hexdigest()
+    digest = fingerprint(cfg.model, cfg.teacher, cfg.top_k, cfg.temperature, [p.teacher_ids for p in pairs])
     if accelerator.is_main_process:
-        fresh = (path / "meta.json").exists() and TopKCache(path).fingerprint == fingerprint
+        fresh = (path / "meta.json").exists() and TopKCache(path).fingerprint == digest
         if not fresh:
             build_topk_cache(path, live, pairs, cfg.top_k, cfg.temperature, pad_id, cfg.micro_batch_size,
-                             cfg.chunk_size, fingerprint)
+                             cfg.chunk_size, digest)
     accelerator.wait_for_everyone()
     return TopKCache(path)
 
@@ -100,11 +89,11 @@ def split_scratchpad(tokenizer, ids: list[int], delimiter: str, stops: set[int])
     return thought, answer
 
 
-def teacher_query(query: str, cfg: DistillConfig) -> str:
+def teacher_query(query: str, cfg: OfflineConfig) -> str:
     return f"{query}\n\n{cfg.scratchpad_instruction}" if cfg.scratchpad else query
 
 
-def load_sources(cfg: DistillConfig, contexts: dict, examples, tokenizer, window: int | None) -> list:
+def load_sources(cfg: OfflineConfig, contexts: dict, examples, tokenizer, window: int | None) -> list:
     reserve = cfg.max_new_tokens + 128  # room for a query and its completion after the context
     sources = [context_source(Path(f).name, data, cfg.context_kind, tokenizer, window, reserve)
                for f, data in contexts.items()]
@@ -113,107 +102,114 @@ def load_sources(cfg: DistillConfig, contexts: dict, examples, tokenizer, window
     return sources
 
 
-def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str, resume: bool = False,
-        eval_file: str | None = None, retention_file: str | None = None, examples_file: str | None = None,
-        init_adapter: str | None = None) -> dict:
-    t_start = time.time()
-    context_files = [context_file] if isinstance(context_file, (str, Path)) else list(context_file or [])
-    # Read and check every input before anything is written or loaded.
+@dataclass
+class OfflineInputs:
+    """Every user input, read and checked before anything is loaded or written."""
+
+    contexts: dict[str, dict]
+    examples: Source | None
+    examples_file: str | None
+    prompts: list[str] | None
+    retention: list[dict]
+
+
+@dataclass
+class OfflineRun:
+    """The state the steps share: the run's model and folder, its sources, the student and who teaches it."""
+
+    cfg: OfflineConfig
+    out: Path
+    resume: bool
+    t_start: float
+    accelerator: Any
+    model: Any
+    tokenizer: Any
+    base_path: str
+    window: int
+    sources: list[Source]
+    other: Any = None  # another model as the teacher (--teacher), or None: the model itself, adapter off
+    student: Any = None  # set at set-up only for --init-adapter; LoRA is added after sampling
+    initial: Any = None  # the --init-adapter's own behaviour, for the report
+    init_adapter: str | None = None
+
+    @property
+    def sampler(self):
+        return self.other if self.other is not None else self.model
+
+    def sampler_weights(self):
+        """The teacher's weights while sampling: an --init-adapter is switched off."""
+        return self.student.disable_adapter() if self.init_adapter and self.other is None else nullcontext()
+
+
+def read_inputs(cfg: OfflineConfig, context, prompts, examples, retention) -> OfflineInputs:
+    context_files = [context] if isinstance(context, (str, Path)) else list(context or [])
     contexts = {f: read_context(f) for f in context_files}
-    examples = examples_source(examples_file, cfg.num_examples, cfg.context_kind) if examples_file else None
-    if not contexts and examples is None:
+    example_source = examples_source(examples, cfg.num_examples, cfg.context_kind) if examples else None
+    if not contexts and example_source is None:
         raise CtxDistillError("Nothing to distill: give --context FILE (one or more) and/or --examples FILE.")
-    if cfg.teacher == "live":
-        raise CtxDistillError("teacher=live (the current student as its own teacher) is for the onpolicy recipe; "
-                              "offline samples are written before training, by a fixed teacher.")
-    given_prompts = read_prompts(prompts_file) if prompts_file else None
-    retention = read_qa(retention_file or BUNDLED_RETENTION, "--retention")
-    out = Path(out_dir)
+    return OfflineInputs(contexts, example_source, examples, read_prompts(prompts) if prompts else None,
+                         read_retention(retention))
 
+
+def set_up(cfg: OfflineConfig, inputs: OfflineInputs, out: Path, resume: bool, init_adapter: str | None):
+    t_start = time.time()
     accelerator, model, tokenizer, base_path = open_run(cfg, out, resume)
-    header = assistant_header(tokenizer)
-    window = getattr(model.config, "max_position_embeddings", None)
-    sources = load_sources(cfg, contexts, examples, tokenizer, window)
-    objective = cfg.build_objective()
-
-    # The student, and who teaches: another model, or the model itself without any adapter.
-    initial = None
+    window = model_window(model, cfg)
+    sources = load_sources(cfg, inputs.contexts, inputs.examples, tokenizer, window)
+    other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device) if cfg.teacher else None
+    run = OfflineRun(cfg, out, resume, t_start, accelerator, model, tokenizer, base_path, window, sources, other,
+                     init_adapter=init_adapter)
     if init_adapter:
         if cfg.finetune != "lora":
             raise CtxDistillError("--init-adapter continues a LoRA adapter; it needs finetune=lora.")
-        student = load_adapter(model, init_adapter, trainable=True)
+        run.student = load_adapter(model, init_adapter, trainable=True)
         # The old behaviour, for the report. It is not the teacher: measured, a model holding "Your name is Zorblax"
         # keeps answering Zorblax with "Your name is Quibble." in context, so the base (adapter off) teaches.
-        initial = MergedCopy(student).model
-    elif cfg.finetune == "lora":
-        student = None  # LoRA is added after sampling, so the sampler is the plain model
-    else:
-        student = model.requires_grad_(True)
-    other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device) if cfg.teacher else None
-    sampler = other if other is not None else model
+        run.initial = MergedCopy(run.student).model
+    return run
 
-    def sampler_weights():
-        """The teacher's weights while sampling: an --init-adapter is switched off."""
-        return student.disable_adapter() if init_adapter and other is None else nullcontext()
 
-    qa, qa_contexts = gather_eval(sources, eval_file)
-    if accelerator.is_main_process:
-        check_data_fingerprint(out, {"context_sha256": [sha256_text(s.text) for s in sources],
-                                     "prompts": given_prompts, "examples": examples_file, "init_adapter": init_adapter,
-                                     **({"anchor_prompts": cfg.anchor_prompts} if cfg.anchor_prompts else {}),
-                                     **{k: getattr(cfg, k) for k in DATA_KEYS}})
-
-    # 1. Queries, per source.
-    t0 = time.time()
-
-    def make_queries():
-        rows = []
-        for i, source in enumerate(sources):
-            prompts = source.prompts or given_prompts
+def make_queries(run: OfflineRun, given: list[str] | None) -> list[dict]:
+    """Each source's own prompts, else the given ones, else queries the model writes with the source in context."""
+    rows = []
+    for i, source in enumerate(run.sources):
+        prompts = source.prompts or given
+        if not prompts:
+            prompts = synthesize_queries(run.sampler, run.tokenizer, source.text, run.cfg.num_queries,
+                                         temperature=run.cfg.query_temperature, batch_size=run.cfg.gen_batch_size,
+                                         seed=run.cfg.seed + i)
             if not prompts:
-                prompts = synthesize_queries(sampler, tokenizer, source.text, cfg.num_queries,
-                                             temperature=cfg.query_temperature, batch_size=cfg.gen_batch_size,
-                                             seed=cfg.seed + i)
-                if not prompts:
-                    raise CtxDistillError(f"Query synthesis produced no usable queries for {source.name}. Pass "
-                                          "--prompts, or put a 'prompts' list in the context file.")
-            rows += [{"source": i, "prompt": q} for q in prompts]
-        return rows
+                raise CtxDistillError(f"Query synthesis produced no usable queries for {source.name}. Pass "
+                                      "--prompts, or put a 'prompts' list in the context file.")
+        rows += [{"source": i, "prompt": q} for q in prompts]
+    return rows
 
-    with sampler_weights():
-        queries = main_process_writes(accelerator, out / "data" / "queries.jsonl", make_queries)
 
-    # 2. Teacher samples: the sampling context is each query's first view; the rows keep every view's context text.
-    def make_samples():
-        rng = random.Random(cfg.seed)
-        jobs = []
-        for n, row in enumerate(queries):
-            for k in range(cfg.samples_per_query):
-                own = sources[row["source"]].views(rng, cfg.example_sets, n * cfg.samples_per_query + k)
-                if cfg.mode == "ensemble":
-                    others = [c for j, s in enumerate(sources) if j != row["source"]
-                              for c in s.views(rng, cfg.example_sets, n)]
-                    own = own + others
-                jobs.append((row, own))
-        prompts = [render_prompt(tokenizer, teacher_query(row["prompt"], cfg), views[0]) for row, views in jobs]
-        shared = shared_prefix_len(prompts, [len(p) for p in prompts]) if cfg.prefix_cache else 0
-        prefix = encode_prefix(sampler, prompts[0][:shared]) if shared >= 16 else None  # the context, encoded once
-        outs = generate(sampler, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
-                        temperature=cfg.sample_temperature, batch_size=cfg.gen_batch_size, seed=cfg.seed,
-                        desc="teacher sampling", prefix=prefix)
-        return [{"source": row["source"], "query": row["prompt"], "contexts": [c.text for c in views],
-                 "completion_ids": y, "text": tokenizer.decode(y, skip_special_tokens=True)}
-                for (row, views), y in zip(jobs, outs) if y]
+def make_samples(run: OfflineRun, queries: list[dict]) -> list[dict]:
+    """Teacher samples: the sampling context is each query's first view; a row keeps every view's context text."""
+    cfg, rng, jobs = run.cfg, random.Random(run.cfg.seed), []
+    for n, row in enumerate(queries):
+        for k in range(cfg.samples_per_query):
+            views = run.sources[row["source"]].views(rng, cfg.example_sets, n * cfg.samples_per_query + k)
+            if cfg.mode == "ensemble":
+                views = views + [c for j, s in enumerate(run.sources) if j != row["source"]
+                                 for c in s.views(rng, cfg.example_sets, n)]
+            jobs.append((row, views))
+    prompts = [render_prompt(run.tokenizer, teacher_query(row["prompt"], cfg), views[0]) for row, views in jobs]
+    shared = shared_prefix_len(prompts, [len(p) for p in prompts]) if cfg.prefix_cache else 0
+    prefix = encode_prefix(run.sampler, prompts[0][:shared]) if shared >= MIN_SHARED_PREFIX else None
+    outs = generate(run.sampler, run.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                    temperature=cfg.sample_temperature, batch_size=cfg.gen_batch_size, seed=cfg.seed,
+                    desc="teacher sampling", prefix=prefix)
+    return [{"source": row["source"], "query": row["prompt"], "contexts": [c.text for c in views],
+             "completion_ids": y, "text": run.tokenizer.decode(y, skip_special_tokens=True)}
+            for (row, views), y in zip(jobs, outs) if y]
 
-    with sampler_weights():
-        samples = main_process_writes(accelerator, out / "data" / "samples.jsonl", make_samples)
-        # Anchors: general prompts with the teacher's own answers, no context; the student keeps to them there.
-        anchors = main_process_writes(accelerator, out / "data" / "anchors.jsonl",
-                                      lambda: make_anchors(cfg, sampler, tokenizer)) if cfg.anchor_fraction > 0 else []
-    generation_seconds = time.time() - t0
 
-    # 3. Pairs: the same completion ids after both prompts (after the teacher's scratch-pad, if any).
-    stops = set(stop_token_ids(sampler, tokenizer))
+def make_pairs(run: OfflineRun, samples: list[dict]) -> tuple[list[Pair], list[int], int]:
+    """(pairs, the source of each, scratch-pad samples dropped): the same completion ids after both prompts."""
+    cfg, tokenizer = run.cfg, run.tokenizer
+    header, stops = assistant_header(tokenizer), set(stop_token_ids(run.sampler, tokenizer))
     pairs, sources_of, dropped = [], [], 0
     for s in samples:
         thought, answer = [], s["completion_ids"]
@@ -225,110 +221,154 @@ def run(cfg: DistillConfig, context_file, prompts_file: str | None, out_dir: str
             thought, answer = split
         query = teacher_query(s["query"], cfg)
         t_prompts = [render_prompt(tokenizer, query, Context(text, cfg.context_kind)) for text in s["contexts"]]
-        pairs.append(build_pair(t_prompts[0], render_prompt(tokenizer, s["query"]), answer, header, window,
+        pairs.append(build_pair(t_prompts[0], render_prompt(tokenizer, s["query"]), answer, header, run.window,
                                 thought=thought, more_teacher_prompts=t_prompts[1:],
                                 query=tokenizer(query, add_special_tokens=False)["input_ids"]))
         sources_of.append(s["source"])
     if dropped:
-        accelerator.print(f"{dropped} of {len(samples)} scratch-pad samples had no '{cfg.answer_delimiter}' and "
-                          "were dropped.")
+        run.accelerator.print(f"{dropped} of {len(samples)} scratch-pad samples had no '{cfg.answer_delimiter}' "
+                              "and were dropped.")
     if not pairs:
         raise CtxDistillError("The teacher produced no usable completions; check the context and the prompts"
                               + (" (no sample contained the answer delimiter)." if cfg.scratchpad else "."))
+    return pairs, sources_of, dropped
 
-    # 4. Student and training: one stage per source (sequential) or one stage over all of them (ensemble).
-    if student is None:
-        student = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(student)
-    if cfg.mode == "ensemble" or len(sources) == 1:
-        stages = [list(range(len(pairs)))]
-    else:
-        stages = [[i for i, src in enumerate(sources_of) if src == j] for j in range(len(sources))]
-        stages = [st for st in stages if st]
-        # Rehearsal: each later stage also replays samples of the earlier ones, so they are not overwritten.
-        own = [list(st) for st in stages]
-        for n in range(1, len(stages)):
-            earlier = [i for st in own[:n] for i in st]
-            k = min(len(earlier), round(cfg.replay * len(own[n])))
-            stages[n] = own[n] + random.Random(cfg.seed + n).sample(earlier, k)
-    budget_free = training_fingerprint_config(cfg)
-    results = []
-    anchor_pairs = 0
+
+def plan_stages(cfg: OfflineConfig, n_sources: int, sources_of: list[int]) -> list[list[int]]:
+    """Pair indices per training stage: one stage (ensemble, or a single source), else one per source, each later
+    stage also replaying `replay` x its size of earlier stages' pairs, so they are not overwritten."""
+    if cfg.mode == "ensemble" or n_sources == 1:
+        return [list(range(len(sources_of)))]
+    own = [[i for i, src in enumerate(sources_of) if src == j] for j in range(n_sources)]
+    own = [stage for stage in own if stage]
+    stages = [list(own[0])]
+    for n in range(1, len(own)):
+        earlier = [i for stage in own[:n] for i in stage]
+        k = min(len(earlier), round(cfg.replay * len(own[n])))
+        stages.append(own[n] + random.Random(cfg.seed + n).sample(earlier, k))
+    return stages
+
+
+def train_stages(run: OfflineRun, pairs: list[Pair], samples: list[dict], sources_of: list[int],
+                 stages: list[list[int]], anchors: list[dict]) -> tuple[list, int]:
+    """Train the student stage by stage; the time left is shared by the stages still to run, in proportion to
+    their steps. Returns the loop's results and the number of anchor pairs trained on."""
+    cfg, tokenizer = run.cfg, run.tokenizer
+    if run.student is None:
+        run.student = make_student(run.model, cfg)
+    elif cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(run.student)
+    objective, budget_free = cfg.build_objective(), training_fingerprint_config(cfg)
+    results, anchor_pairs = [], 0
     for n, stage in enumerate(stages):
-        stage_pairs = with_anchors([pairs[i] for i in stage], anchors, cfg.anchor_fraction, tokenizer, f"{cfg.seed}:{n}")
+        stage_pairs = with_anchors([pairs[i] for i in stage], anchors, cfg.anchor_fraction, tokenizer,
+                                   f"{cfg.seed}:{n}")
         anchor_pairs += len(stage_pairs) - len(stage)
-        deadline = None
-        if cfg.max_minutes:  # the time left is shared by the stages still to run, in proportion to their steps
-            planned = [total_steps_for(len(st), train_settings(cfg)) for st in stages[n:]]
-            deadline = time.time() + (t_start + cfg.max_minutes * 60 - time.time()) * planned[0] / sum(planned)
+        planned = [total_steps_for(len(st), train_settings(cfg)) for st in stages[n:]]
+        deadline = share_budget(budget_deadline(cfg, run.t_start), planned)
         tag = f"_stage{n}" if len(stages) > 1 else ""
-        teacher = make_teacher(cfg, objective, student, other, stage_pairs, tokenizer.pad_token_id, out,
-                               accelerator, tag)
-        loss_module = DistillLoss(student, teacher, objective, cfg.chunk_size, cfg.skip_first,
+        teacher = make_teacher(cfg, objective, run.student, run.other, stage_pairs, tokenizer.pad_token_id, run.out,
+                               run.accelerator, tag)
+        loss_module = DistillLoss(run.student, teacher, objective, cfg.chunk_size, cfg.skip_first,
                                   cfg.ensemble_weighting)
-        settings = train_settings(cfg, deadline)
-        fingerprint = hashlib.sha256(json.dumps([budget_free, n, [samples[i] for i in stage] if not cfg.scratchpad
-                                                 else stage, init_adapter]).encode()).hexdigest()
+        data_id = [samples[i] for i in stage] if not cfg.scratchpad else stage
         if len(stages) > 1:
-            accelerator.print(f"Stage {n + 1}/{len(stages)}: {sources[sources_of[stage[0]]].name}, "
-                              f"{len(stage_pairs)} samples (replayed from earlier stages: "
-                              f"{sum(sources_of[i] != sources_of[stage[0]] for i in stage)}).")
-        results.append(train(accelerator, loss_module, stage_pairs,
-                             lambda b: collate_pairs(b, tokenizer.pad_token_id, cfg.skip_first), settings,
-                             out / "checkpoint" / f"state{tag}.pt", resume=resume, fingerprint=fingerprint))
+            run.accelerator.print(f"Stage {n + 1}/{len(stages)}: {run.sources[sources_of[stage[0]]].name}, "
+                                  f"{len(stage_pairs)} samples (replayed from earlier stages: "
+                                  f"{sum(sources_of[i] != sources_of[stage[0]] for i in stage)}).")
+        results.append(train(run.accelerator, loss_module, stage_pairs,
+                             lambda b: collate_pairs(b, tokenizer.pad_token_id, cfg.skip_first),
+                             train_settings(cfg, deadline), run.out / "checkpoint" / f"state{tag}.pt",
+                             resume=run.resume, fingerprint=fingerprint(budget_free, n, data_id, run.init_adapter)))
+    return results, anchor_pairs
 
-    # 5. Artifacts (main process only).
-    summary = None
-    if accelerator.is_main_process:
-        student.eval()
-        save_trained(student, tokenizer, out, cfg.finetune)
-        t_eval = time.time()
-        evaluation = evaluate(student, tokenizer, qa_contexts, qa, retention, cfg.eval_max_new_tokens,
-                              teacher_model=other, initial_model=initial) \
-            if qa and cfg.finetune == "lora" else None
-        history = [loss for r in results for loss in r.loss_history]
-        steps_done, total_steps = sum(r.steps_done for r in results), sum(r.total_steps for r in results)
-        train_seconds = sum(r.seconds for r in results)
-        tokens_per_second = sum(r.tokens_per_second * r.seconds for r in results) / max(train_seconds, 1e-9)
-        stopped = any(r.stopped_by_budget for r in results)
-        counts = {"sources": [{"name": s.name, "parts": len(s.parts), "examples": len(s.examples or [])}
-                              for s in sources],
-                  "mode": cfg.mode, "queries": len(queries), "queries_synthesized": not given_prompts,
-                  "samples": len(samples), "pairs": len(pairs), "anchor_pairs": anchor_pairs,
-                  "scratchpad_dropped": dropped,
-                  "completion_tokens": sum(p.completion_len for p in pairs)}
-        metrics = {"train_steps": steps_done, "total_steps": total_steps, "stopped_by_budget": stopped,
-                   "final_loss": history[-1] if history else float("nan"), "train_seconds": round(train_seconds, 1),
-                   "train_tokens_per_second": round(tokens_per_second, 1),
-                   "generation_seconds": round(generation_seconds, 1), "eval_seconds": round(time.time() - t_eval, 1),
-                   "total_seconds": round(time.time() - t_start, 1), "loss_history": history,
-                   "stage_steps": [r.steps_done for r in results]}
-        if evaluation:
-            metrics["evaluation"] = evaluation
-        write_manifest(out, {"recipe": "offline", "base_model": cfg.model, "base_model_path": base_path,
-                             "init_adapter": init_adapter, "context_sha256": [sha256_text(s.text) for s in sources],
-                             "context_kind": cfg.context_kind, "config": cfg.to_dict(), "data": counts,
-                             "metrics": metrics})
-        names = ", ".join(f"{s.name}" + (f" ({len(s.parts)} parts)" if len(s.parts) > 1 else "") for s in sources)
-        lines = [f"- base model: `{cfg.model}`" + (f"; initial adapter: `{init_adapter}`" if init_adapter else "")
-                 + (f"; teacher: `{cfg.teacher}`" if cfg.teacher else ""),
-                 f"- contexts ({cfg.context_kind}, mode {cfg.mode}): {names}",
-                 f"- data: {counts['queries']} queries, {counts['pairs']} teacher samples, "
-                 f"{counts['completion_tokens']} completion tokens"
-                 + (f", {anchor_pairs} anchor pairs" if anchor_pairs else "")
-                 + (f"; {dropped} scratch-pad samples without '{cfg.answer_delimiter}' dropped" if cfg.scratchpad
-                    else ""),
-                 f"- training: {steps_done}/{total_steps} steps in {len(results)} stage(s), final loss "
-                 f"{metrics['final_loss']:.4f}, {tokens_per_second:.0f} tokens/s"
-                 + (" (stopped by the time budget)" if stopped else ""),
-                 f"- time: generation {generation_seconds:.0f}s, training {train_seconds:.0f}s, "
-                 f"total {time.time() - t_start:.0f}s"]
-        write_report(out, "offline context distillation", lines, evaluation, history)
-        summary = {"evaluation": evaluation, "metrics": metrics,
-                   "table": results_table(evaluation) if evaluation else ""}
-    accelerator.wait_for_everyone()
-    return summary or {}
+
+def run(cfg: OfflineConfig, out: str, resume: bool = False, *, context=(), prompts: str | None = None,
+        examples: str | None = None, init_adapter: str | None = None, eval_qa: str | None = None,
+        retention: str | None = None) -> RunResult | None:
+    inputs = read_inputs(cfg, context, prompts, examples, retention)
+    r = set_up(cfg, inputs, Path(out), resume, init_adapter)
+    qa, qa_contexts = gather_eval(r.sources, eval_qa)
+    data = r.out / "data"
+    if r.accelerator.is_main_process:
+        check_data_inputs(r.out, {"context_sha256": [sha256_text(s.text) for s in r.sources],
+                                  "prompts": inputs.prompts, "examples": inputs.examples_file,
+                                  "init_adapter": init_adapter,
+                                  **({"anchor_prompts": cfg.anchor_prompts} if cfg.anchor_prompts else {}),
+                                  **{k: getattr(cfg, k) for k in DATA_KEYS}})
+    t0 = time.time()
+    with r.sampler_weights():
+        queries = main_process_writes(r.accelerator, data / "queries.jsonl", lambda: make_queries(r, inputs.prompts))
+        samples = main_process_writes(r.accelerator, data / "samples.jsonl", lambda: make_samples(r, queries))
+        # Anchors: general prompts with the teacher's own answers, no context; the student keeps to them there.
+        anchors = main_process_writes(r.accelerator, data / "anchors.jsonl", lambda: make_anchors(
+            cfg, r.sampler, r.tokenizer)) if cfg.anchor_fraction > 0 else []
+    generation_seconds = time.time() - t0
+    pairs, sources_of, dropped = make_pairs(r, samples)
+    stages = plan_stages(cfg, len(r.sources), sources_of)
+    results, anchor_pairs = train_stages(r, pairs, samples, sources_of, stages, anchors)
+    counts = {"sources": [{"name": s.name, "parts": len(s.parts), "examples": len(s.examples or [])}
+                          for s in r.sources],
+              "mode": cfg.mode, "queries": len(queries), "queries_synthesized": not inputs.prompts,
+              "samples": len(samples), "pairs": len(pairs), "anchor_pairs": anchor_pairs,
+              "scratchpad_dropped": dropped, "completion_tokens": sum(p.completion_len for p in pairs)}
+    result = write_artifacts(r, results, counts, qa, qa_contexts, inputs.retention, generation_seconds) \
+        if r.accelerator.is_main_process else None
+    r.accelerator.wait_for_everyone()
+    return result
+
+
+def write_artifacts(r: OfflineRun, results: list, counts: dict, qa, qa_contexts, retention,
+                    generation_seconds: float) -> RunResult:
+    """The adapter, the before/after evaluation, manifest.json and report.md (main process)."""
+    cfg = r.cfg
+    r.student.eval()
+    saved = save_trained(r.student, r.tokenizer, r.out, cfg.finetune)
+    t_eval = time.time()
+    evaluation = evaluate(r.student, r.tokenizer, qa_contexts, qa, retention, cfg.eval_max_new_tokens,
+                          teacher_model=r.other, initial_model=r.initial) if qa and cfg.finetune == "lora" else None
+    metrics = {**stage_metrics(results), "generation_seconds": round(generation_seconds, 1),
+               "eval_seconds": round(time.time() - t_eval, 1), "total_seconds": round(time.time() - r.t_start, 1)}
+    if evaluation:
+        metrics["evaluation"] = evaluation
+    write_manifest(r.out, {"recipe": "offline", "base_model": cfg.model, "base_model_path": r.base_path,
+                           "init_adapter": r.init_adapter, "context_sha256": [sha256_text(s.text) for s in r.sources],
+                           "context_kind": cfg.context_kind, "config": cfg.to_dict(), "data": counts,
+                           "metrics": metrics})
+    write_report(r.out, "offline context distillation", report_lines(r, counts, metrics, len(results)), evaluation,
+                 metrics["loss_history"])
+    return RunResult(r.out, [saved.name, "manifest.json", "report.md"], metrics,
+                     results_table(evaluation) if evaluation else "", NO_TABLE)
+
+
+def stage_metrics(results: list) -> dict:
+    """The training loop's results of every stage, summed."""
+    history = [loss for r in results for loss in r.loss_history]
+    seconds = sum(r.seconds for r in results)
+    return {"train_steps": sum(r.steps_done for r in results), "total_steps": sum(r.total_steps for r in results),
+            "stopped_by_budget": any(r.stopped_by_budget for r in results),
+            "final_loss": history[-1] if history else float("nan"), "train_seconds": round(seconds, 1),
+            "train_tokens_per_second": round(sum(r.tokens_per_second * r.seconds for r in results)
+                                             / max(seconds, 1e-9), 1),
+            "loss_history": history, "stage_steps": [r.steps_done for r in results]}
+
+
+def report_lines(r: OfflineRun, counts: dict, metrics: dict, n_stages: int) -> list[str]:
+    cfg = r.cfg
+    names = ", ".join(s.name + (f" ({len(s.parts)} parts)" if len(s.parts) > 1 else "") for s in r.sources)
+    return [f"- base model: `{cfg.model}`" + (f"; initial adapter: `{r.init_adapter}`" if r.init_adapter else "")
+            + (f"; teacher: `{cfg.teacher}`" if cfg.teacher else ""),
+            f"- contexts ({cfg.context_kind}, mode {cfg.mode}): {names}",
+            f"- data: {counts['queries']} queries, {counts['pairs']} teacher samples, "
+            f"{counts['completion_tokens']} completion tokens"
+            + (f", {counts['anchor_pairs']} anchor pairs" if counts["anchor_pairs"] else "")
+            + (f"; {counts['scratchpad_dropped']} scratch-pad samples without '{cfg.answer_delimiter}' dropped"
+               if cfg.scratchpad else ""),
+            f"- training: {metrics['train_steps']}/{metrics['total_steps']} steps in {n_stages} stage(s), final loss "
+            f"{metrics['final_loss']:.4f}, {metrics['train_tokens_per_second']:.0f} tokens/s"
+            + (" (stopped by the time budget)" if metrics["stopped_by_budget"] else ""),
+            f"- time: generation {metrics['generation_seconds']:.0f}s, training {metrics['train_seconds']:.0f}s, "
+            f"total {metrics['total_seconds']:.0f}s"]
 
 
 def gather_eval(sources, eval_file: str | None):
@@ -347,3 +387,8 @@ def gather_eval(sources, eval_file: str | None):
     if qa:
         read_qa_items(qa)
     return (qa or None), contexts
+
+
+NO_TABLE = "(no eval questions: pass --eval FILE or put an \"eval\" list in the context JSON)"
+RECIPES = [Recipe("offline", "offline context distillation: the student learns the teacher's samples (Snell et al.)",
+                  OfflineConfig, ("context", "examples", "prompts", "init_adapter", "eval_qa", "retention"), run)]
