@@ -1,17 +1,24 @@
 """DiSC and its baselines: sentence splitting, (prefix, suffix) splits and their alignment, documents in, short
-documents, and the recipes end to end on a tiny model (LoRA and full fine-tuning, stream mode, compare)."""
+documents, the steps of the stream loop, and the recipes end to end on a tiny model (LoRA and full fine-tuning,
+stream mode, compare)."""
 
 import json
 import random
+import time
 
 import pytest
 import torch
 from conftest import run_cli
 
 from ctxdistill import CtxDistillError
+from ctxdistill.config import load_config
 from ctxdistill.core.losses import collate_pairs
 from ctxdistill.data.documents import read_documents
 from ctxdistill.data.splits import split_pair, split_points, split_sentences, tokenize_document, whole_text_pairs
+from ctxdistill.recipes import baselines, disc
+from ctxdistill.recipes.doc_stream import choose_documents, make_learner, read_inputs, set_up, stream_manifest
+
+RECIPES = {r.name: r for r in disc.RECIPES + baselines.RECIPES}
 
 DOC = ("Glimmer Bay is a fishing town on the coast of Norland. It was founded in 1702 by Dr. Ada Voss. "
        "The harbour holds 40 boats. Each spring the town hosts the Eel Race. The mayor is Bram Voss, the founder's "
@@ -143,15 +150,20 @@ def docs_file(tmp_path_factory):
     return d / "docs.jsonl"
 
 
-TINY = ["--set", "epochs=2", "--set", "eval_max_new_tokens=4", "--set", "splits_per_doc=2"]
+TINY = {"epochs": 2, "eval_max_new_tokens": 4}
+
+
+def tiny_config(recipe: str, model_dir, **sets):
+    return load_config(recipe, sets=[f"{k}={v}" for k, v in {**TINY, **sets}.items()], model=str(model_dir))
 
 
 def test_disc_streams_documents_skips_short_ones_and_writes_a_curve(tiny_model_dir, docs_file, tmp_path):
     out = tmp_path / "disc"
-    done = run_cli("distill", "disc", "--model", str(tiny_model_dir), "--docs", str(docs_file), "--out", str(out),
-                   "--stream", *TINY)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "too short to split" in done.stderr and "stub" in done.stderr
+    cfg = tiny_config("disc", tiny_model_dir, splits_per_doc=2)
+    with pytest.warns(UserWarning, match="too short to split.*stub"):
+        result = RECIPES["disc"].run(cfg, str(out), docs=str(docs_file), stream=True)
+    assert result.artifacts == ["adapter", "manifest.json", "curve.jsonl", "report.md"]
+    assert all((out / name).exists() for name in result.artifacts)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["recipe"] == "disc" and manifest["skipped_documents"] == ["stub"]
     curve = manifest["metrics"]["curve"]
@@ -160,6 +172,7 @@ def test_disc_streams_documents_skips_short_ones_and_writes_a_curve(tiny_model_d
     assert curve[1]["questions"] == 1 and curve[0]["kl_to_initial"] == 0.0 and curve[2]["kl_to_initial"] > 0
     assert manifest["config"]["temperature"] == 2.0 and manifest["config"]["t2_scaling"] is True
     assert (out / "report.png").exists() and "| disc | 2 | 4 |" in (out / "report.md").read_text()
+    assert "| disc | 2 | 4 |" in result.table and result.metrics["curve"] == curve
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -167,9 +180,8 @@ def test_disc_streams_documents_skips_short_ones_and_writes_a_curve(tiny_model_d
     assert any("lora_A" in n for n, _ in model.named_parameters())
 
     # Resuming a finished run re-does nothing and keeps the curve.
-    again = run_cli("distill", "disc", "--model", str(tiny_model_dir), "--docs", str(docs_file), "--out", str(out),
-                    "--stream", "--resume", *TINY)
-    assert again.returncode == 0, again.stderr[-3000:]
+    with pytest.warns(UserWarning, match="too short"):
+        RECIPES["disc"].run(cfg, str(out), resume=True, docs=str(docs_file), stream=True)
     assert json.loads((out / "manifest.json").read_text())["metrics"]["curve"] == curve
 
 
@@ -177,9 +189,9 @@ def test_full_finetuning_baselines_save_a_transformers_model_and_compare(tiny_mo
     runs = []
     for recipe in ("finetune-kl", "lora-finetune"):
         out = tmp_path / recipe
-        done = run_cli("distill", recipe, "--model", str(tiny_model_dir), "--docs", str(docs_file), "--out",
-                       str(out), *TINY)
-        assert done.returncode == 0, done.stderr[-3000:]
+        result = RECIPES[recipe].run(tiny_config(recipe, tiny_model_dir), str(out), docs=str(docs_file))
+        assert result.artifacts[0] == ("model" if recipe == "finetune-kl" else "adapter")
+        assert "objective" not in json.loads((out / "manifest.json").read_text())["config"]
         runs.append(str(out))
     from transformers import AutoModelForCausalLM
 
@@ -196,10 +208,42 @@ def test_full_finetuning_baselines_save_a_transformers_model_and_compare(tiny_mo
     assert (tmp_path / "cmp" / "compare.png").exists()
 
 
-def test_doc_recipes_refuse_missing_docs_and_documents_that_are_all_too_short(tiny_model_dir, tmp_path):
-    done = run_cli("distill", "disc", "--model", str(tiny_model_dir), "--out", str(tmp_path / "a"))
-    assert done.returncode == 2 and "--docs" in done.stderr
+@pytest.mark.parametrize("recipe, terms, temperature, teacher", [
+    ("finetune", {"sft": 1.0}, 1.0, False),
+    ("finetune-kl", {"sft": 1.0, "forward_kl": 0.5}, 2.0, True),
+    ("lora-finetune", {"sft": 1.0}, 1.0, False),
+])
+def test_baseline_manifest_has_no_objective_and_its_loss_is_the_one_it_names(tiny_model_dir, docs_file, tmp_path,
+                                                                             recipe, terms, temperature, teacher):
+    """The baselines build their own loss; their manifest's config must not claim another (it once said
+    objective=forward_kl for a run that trained next-token prediction)."""
+    sets = {"kl_weight": 0.5, "temperature": 2.0} if recipe == "finetune-kl" else {}
+    cfg = tiny_config(recipe, tiny_model_dir, **sets)
+    assert "objective" not in cfg.to_dict()  # what the manifest records as "config"
+    inputs = read_inputs(recipe, str(docs_file), None, None, False)
+    run = set_up(cfg, baselines.method(recipe, cfg), tmp_path / "out", False, inputs, time.time())
+    make_learner(run)
+    assert dict(run.loss_module.objective.terms) == terms and run.loss_module.objective.temperature == temperature
+    assert (run.loss_module.teacher is not None) == teacher
+    manifest = stream_manifest(run, metrics={})
+    assert "objective" not in manifest["config"] and manifest["recipe"] == recipe
+
+
+def test_doc_recipes_refuse_missing_docs_before_loading_anything_on_the_command_line_too(tmp_path):
+    for name in ("disc", "finetune", "finetune-kl", "lora-finetune"):
+        cfg = RECIPES[name].config(model=str(tmp_path / "no-model"))
+        with pytest.raises(CtxDistillError, match=f"The {name} recipe learns from documents: pass --docs "
+                                                  "FILE_OR_FOLDER."):
+            RECIPES[name].run(cfg, str(tmp_path / name), docs=None)
+        assert not (tmp_path / name).exists()
+    done = run_cli("distill", "finetune", "--out", str(tmp_path / "cli"))
+    assert done.returncode == 2 and "The finetune recipe learns from documents: pass --docs" in done.stderr
+
+
+def test_disc_refuses_documents_that_are_all_too_short(tiny_model_dir, tmp_path):
     (tmp_path / "short.txt").write_text("Only one sentence here")
-    done = run_cli("distill", "disc", "--model", str(tiny_model_dir), "--docs", str(tmp_path / "short.txt"),
-                   "--out", str(tmp_path / "b"))
-    assert done.returncode == 2 and "at least two sentences" in done.stderr
+    cfg = tiny_config("disc", tiny_model_dir)
+    inputs = read_inputs("disc", str(tmp_path / "short.txt"), None, None, False)
+    run = set_up(cfg, disc.method(cfg), tmp_path / "out", False, inputs, time.time())
+    with pytest.warns(UserWarning, match="short"), pytest.raises(CtxDistillError, match="at least two sentences"):
+        choose_documents(run)

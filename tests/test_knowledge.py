@@ -1,5 +1,6 @@
 """Knowledge modules: chunking, synthetic data (and its cache), the pairs each objective trains on, raw-text windows,
-BM25 retrieval, combining modules, and the recipe, library and eval from the command line on a tiny model."""
+BM25 retrieval, the recipe's steps (modules, their questions, their time), combining modules, and the recipe,
+library and eval from the command line on a tiny model."""
 
 import json
 
@@ -13,7 +14,15 @@ from ctxdistill.core.pairs import render_prompt
 from ctxdistill.data.chunks import Chunk, chunk_document, chunk_spans
 from ctxdistill.data.retrieval import ChunkIndex
 from ctxdistill.data.synthetic import SynthSettings, clean_question, synthesize
-from ctxdistill.recipes.knowledge import raw_pairs, synthetic_pairs
+from ctxdistill.recipes.knowledge import (
+    NO_QUESTIONS,
+    module_deadline,
+    own_questions,
+    plan_modules,
+    raw_pairs,
+    run,
+    synthetic_pairs,
+)
 
 MILL = "Harrow Mill grinds oats. It stands on the river Tam. Its miller is Ona Pell, who bought it in 1911."
 BAY = "Glimmer Bay is a fishing town on the coast of Norland. The harbour holds 40 boats. The mayor is Bram Voss."
@@ -102,7 +111,7 @@ def test_anchor_pairs_hold_the_module_to_the_base_on_general_prompts(tokenizer):
     from ctxdistill.config import load_config
     from ctxdistill.data.anchors import anchor_pair, make_anchors
 
-    anchors = make_anchors(load_config(sets=["max_new_tokens=8"]), tiny_llama(tokenizer), tokenizer)
+    anchors = make_anchors(load_config("knowledge", sets=["max_new_tokens=8"]), tiny_llama(tokenizer), tokenizer)
     assert len(anchors) >= 20 and all(a["completion_ids"] for a in anchors)  # the bundled general prompts
     pair = anchor_pair(tokenizer, anchors[0])
     assert pair.teacher_ids == pair.student_ids  # no chunk: the teacher is simply the base (adapter off)
@@ -126,6 +135,65 @@ def test_bm25_finds_the_chunk_that_answers_even_among_two_documents():
     assert index.search("Who is the miller of Harrow Mill?")[0].doc_id == "mill"
     assert index.search("How many boats does the harbour hold?")[0].doc_id == "bay"
     assert [c.doc_id for c in index.search("mayor", k=2)] == ["bay", "mill"]
+
+
+def test_a_module_per_document_goes_under_modules_and_the_corpus_module_is_the_adapter(tmp_path):
+    from ctxdistill.data.documents import Document
+
+    docs = [Document("mill", MILL), Document("Glimmer Bay", BAY)]
+    per_doc = plan_modules(docs, tmp_path, per_document=True)
+    assert [(m.name, m.group) for m in per_doc] == [("mill", docs[:1]), ("Glimmer_Bay", docs[1:])]
+    assert [m.target for m in per_doc] == [tmp_path / "modules" / "mill", tmp_path / "modules" / "Glimmer_Bay"]
+    (corpus,) = plan_modules(docs, tmp_path, per_document=False)
+    assert corpus.name == "corpus" and corpus.group == docs and corpus.target == tmp_path / "adapter"
+
+
+def test_a_document_module_answers_its_own_questions_and_those_retrieval_routes_to_it():
+    from ctxdistill.eval.knowledge_eval import question_set
+
+    items = [("mill", {"q": "Who is the miller?", "a": ["Ona Pell"]}),
+             ("bay", {"q": "How many boats?", "a": ["40"]}),
+             (None, {"q": "Who is the mayor of Glimmer Bay?", "a": ["Bram Voss"]})]  # names no document
+    chunks = [Chunk("mill", 0, MILL), Chunk("bay", 0, BAY)]
+    qs = question_set(items, {"mill": MILL, "bay": BAY}, chunks)
+    assert own_questions(items, qs, "mill") == [0]
+    assert own_questions(items, qs, "bay") == [1, 2]  # BM25 ranks the bay chunk first for the mayor
+    assert own_questions(items, qs, None) == [0, 1, 2]  # the corpus module answers everything
+
+
+def test_modules_share_the_time_left_equally_and_evaluation_time_is_given_back(tmp_path):
+    import time
+
+    from ctxdistill.config import load_config
+
+    cfg = load_config("knowledge", max_minutes=1.0)
+    now = time.time()
+    deadline = module_deadline(cfg, now, eval_seconds=30.0, modules_left=2)
+    assert deadline == pytest.approx(now + (60 + 30) / 2, abs=1.0)  # half of the 60 s budget + 30 s evaluated
+    assert module_deadline(cfg, now, 0.0, 1) == pytest.approx(now + 60, abs=1.0)  # the last module: all that is left
+    assert module_deadline(load_config("knowledge"), now, 30.0, 2) is None  # no budget, no deadline
+
+
+def test_run_without_questions_returns_its_artifacts_and_says_how_to_get_a_table(tiny_model_dir, tmp_path):
+    from ctxdistill.config import KnowledgeConfig, load_config
+    from ctxdistill.recipes.knowledge import RECIPES
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in (("mill", MILL), ("bay", BAY))))
+    cfg = load_config("knowledge", sets=[*TINY_KM[1::2], "model=" + str(tiny_model_dir)], knowledge_objective="ntp-doc")
+    (recipe,) = RECIPES
+    assert (recipe.name, recipe.config, recipe.run) == ("knowledge", KnowledgeConfig, run)
+    assert recipe.inputs == ("docs", "qa", "retention", "per_document")
+    result = run(cfg, str(tmp_path / "out"), docs=str(docs), per_document=True)
+    assert result.artifacts == ["modules", "manifest.json", "report.md"]
+    assert all((result.out / a).exists() for a in result.artifacts)
+    assert result.table == "" and result.no_table == NO_QUESTIONS
+    assert NO_QUESTIONS in (result.out / "report.md").read_text()
+    assert [m["name"] for m in result.metrics["modules"]] == ["mill", "bay"] and "knowledge" not in result.metrics
+    manifest = json.loads((result.out / "manifest.json").read_text())
+    assert manifest["objective"] == "ntp-doc" and manifest["config"] == cfg.to_dict()
+    with pytest.raises(CtxDistillError, match="pass --docs"):
+        run(cfg, str(tmp_path / "none"))
 
 
 def _random_adapter(model, path, seed):

@@ -9,20 +9,23 @@ import torch
 from conftest import run_cli, tiny_llama
 
 from ctxdistill import CtxDistillError
+from ctxdistill.config import OnpolicyConfig
+from ctxdistill.core.generation import generate
 from ctxdistill.eval.checkers import load_checker
+from ctxdistill.recipes import onpolicy
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TINY = ["--set", "max_new_tokens=8", "--set", "eval_max_new_tokens=4", "--set", "max_steps=2",
         "--set", "batch_size=4", "--set", "micro_batch_size=2", "--set", "top_k=16"]
 
 
-def onpolicy(model_dir, persona_files, out, *extra):
+def run_onpolicy(model_dir, persona_files, out, *extra):
     return run_cli("distill", "onpolicy", "--model", str(model_dir), "--context", str(persona_files["context"]),
                    "--prompts", str(persona_files["prompts"]), "--out", str(out), *TINY, *extra)
 
 
 def test_onpolicy_trains_on_the_students_own_samples_and_reports_forgetting(tiny_model_dir, persona_files, tmp_path):
-    done = onpolicy(tiny_model_dir, persona_files, tmp_path / "run")
+    done = run_onpolicy(tiny_model_dir, persona_files, tmp_path / "run")
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     m = manifest["metrics"]
@@ -40,12 +43,53 @@ def test_onpolicy_trains_on_the_students_own_samples_and_reports_forgetting(tiny
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "run" / "adapter")
 
 
-def test_offline_fraction_one_trains_on_teacher_samples_only(tiny_model_dir, persona_files, tmp_path):
-    done = onpolicy(tiny_model_dir, persona_files, tmp_path / "run", "--set", "offline_fraction=1.0",
-                    "--set", "objective=forward_kl")
-    assert done.returncode == 0, done.stderr[-3000:]
-    m = json.loads((tmp_path / "run" / "manifest.json").read_text())["metrics"]
-    assert m["teacher_samples"] == 8 and m["student_samples"] == 0
+def test_onpolicy_takes_exactly_one_context(persona_files):
+    cfg = OnpolicyConfig()
+    for contexts in ([], [str(persona_files["context"])] * 2):
+        with pytest.raises(CtxDistillError, match="exactly one --context FILE"):
+            onpolicy.read_inputs(cfg, contexts, None, None, None)
+
+
+def steps(model_dir, persona_files, out, **values):
+    """The recipe's steps up to the collate, in process, on fp32 tiny models: inputs, models, queries, set-up."""
+    cfg = OnpolicyConfig(**{"model": str(model_dir), "dtype": "float32", "max_new_tokens": 8, "top_k": 16,
+                            "batch_size": 4, "micro_batch_size": 2, **values})
+    inputs = onpolicy.read_inputs(cfg, [str(persona_files["context"])], str(persona_files["prompts"]), None, None)
+    models = onpolicy.open_models(cfg, out, resume=False)
+    queries = onpolicy.make_queries(cfg, inputs, models, out)
+    setup = onpolicy.set_up(cfg, models, queries)
+    return cfg, models, queries, setup, onpolicy.SampleCollate(cfg, models, queries, setup)
+
+
+def plain_model(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("offline_fraction, source", [(0.0, "student"), (1.0, "teacher")])
+def test_a_step_samples_from_the_student_or_on_an_offline_step_from_the_teacher_with_the_context(
+        tiny_model_dir, persona_files, tmp_path, tokenizer, offline_fraction, source):
+    cfg, models, queries, setup, collate = steps(tiny_model_dir, persona_files, tmp_path / "run",
+                                                 offline_fraction=offline_fraction)
+    with torch.no_grad():  # a trained student: its samples differ from the base model's
+        for name, p in setup.student.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    batch = queries.texts
+    samples = collate.sample(batch)
+
+    def sampled_by(model, prompts):
+        return generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                        temperature=cfg.sample_temperature, batch_size=cfg.gen_batch_size, seed=samples.seed,
+                        show_progress=False)
+
+    teacher = sampled_by(plain_model(tiny_model_dir), [queries.teacher_prompts[q] for q in batch])  # base + context
+    student = sampled_by(setup.student, [queries.student_prompts[q] for q in batch])  # adapter on, no context
+    expected, not_expected = (teacher, student) if source == "teacher" else (student, teacher)
+    assert samples.from_teacher is (source == "teacher")
+    assert samples.completions == expected and samples.completions != not_expected
+    assert collate.stats.teacher_samples + collate.stats.student_samples == len(batch)
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +102,25 @@ def bigger_teacher_dir(tmp_path_factory, tokenizer):
 
 def test_a_bigger_teacher_with_the_same_tokenizer_teaches_a_smaller_student(tiny_model_dir, bigger_teacher_dir,
                                                                           persona_files, tmp_path):
-    done = onpolicy(tiny_model_dir, persona_files, tmp_path / "run", "--teacher", str(bigger_teacher_dir))
-    assert done.returncode == 0, done.stderr[-3000:]
-    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["config"]["teacher"] == str(bigger_teacher_dir)
-    assert "teacher model + context" in (tmp_path / "run" / "report.md").read_text()
+    """The loss the student trains on scores its samples with the bigger model reading the context: it equals
+    KL(student ‖ bigger model) computed from that model's own forward, and not the one against the base."""
+    cfg, models, queries, setup, collate = steps(tiny_model_dir, persona_files, tmp_path / "run",
+                                                 teacher=str(bigger_teacher_dir), top_k=0)
+    bigger, base = plain_model(bigger_teacher_dir), plain_model(tiny_model_dir)
+    assert bigger.config.hidden_size > base.config.hidden_size
+    batch = collate(queries.texts[:2])
+    with torch.no_grad():
+        loss, _ = setup.loss(batch)
+        s_log = setup.student(input_ids=batch.student_ids, attention_mask=batch.student_mask).logits[
+            batch.student_rows].log_softmax(-1)
+
+        def reverse_kl(teacher_model):
+            t_log = teacher_model(input_ids=batch.teacher_ids, attention_mask=batch.teacher_mask).logits[
+                batch.teacher_rows].log_softmax(-1)
+            return (s_log.exp() * (s_log - t_log)).sum()
+
+    torch.testing.assert_close(loss, reverse_kl(bigger), rtol=1e-4, atol=1e-6)
+    assert not torch.isclose(loss, reverse_kl(base), rtol=1e-2)
 
 
 def test_a_teacher_with_another_tokenizer_is_refused(tiny_model_dir, persona_files, tmp_path, tokenizer):
@@ -73,14 +131,14 @@ def test_a_teacher_with_another_tokenizer_is_refused(tiny_model_dir, persona_fil
     config["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     (other / "tokenizer_config.json").write_text(json.dumps(config))
     (other / "chat_template.jinja").unlink(missing_ok=True)
-    done = onpolicy(tiny_model_dir, persona_files, tmp_path / "run", "--teacher", str(other))
+    done = run_onpolicy(tiny_model_dir, persona_files, tmp_path / "run", "--teacher", str(other))
     assert done.returncode == 2 and "tokenizers do not match" in done.stderr
 
 
 def test_live_teacher_runs_and_needs_lora(tiny_model_dir, persona_files, tmp_path):
-    done = onpolicy(tiny_model_dir, persona_files, tmp_path / "live", "--teacher", "live")
+    done = run_onpolicy(tiny_model_dir, persona_files, tmp_path / "live", "--teacher", "live")
     assert done.returncode == 0, done.stderr[-3000:]
-    done = onpolicy(tiny_model_dir, persona_files, tmp_path / "full", "--teacher", "live", "--set", "finetune=full")
+    done = run_onpolicy(tiny_model_dir, persona_files, tmp_path / "full", "--teacher", "live", "--set", "finetune=full")
     assert done.returncode == 2 and "finetune=lora" in done.stderr
 
 

@@ -5,32 +5,62 @@ the document text (in windows of the model's length), one optimizer step per doc
 - finetune-kl: full fine-tuning + kl_weight · KL(initial ‖ model) on the same tokens (the frozen initial model
   reads the same text), which holds the model near where it started;
 - lora-finetune: a LoRA adapter instead of the full weights.
+
+Their configs have no `objective` key: each baseline's loss is fixed by its name (see `objective`).
 """
 
 from __future__ import annotations
 
-from ctxdistill.config import DistillConfig
+import random
+from dataclasses import dataclass
+from functools import partial
+
+from ctxdistill.config import FinetuneConfig, FinetuneKLConfig, LoraFinetuneConfig
 from ctxdistill.core.objectives import Objective
-from ctxdistill.data.splits import whole_text_pairs
-from ctxdistill.recipes.doc_stream import DocMethod, run_stream
+from ctxdistill.core.pairs import Pair
+from ctxdistill.data.splits import TokenizedDoc, whole_text_pairs
+from ctxdistill.recipes.base import Recipe, RunResult
+from ctxdistill.recipes.doc_stream import DOC_INPUTS, DocMethod, run_stream
 
-_COMMON = {"batch_size": 1, "micro_batch_size": 1, "epochs": 20.0, "warmup_ratio": 0.05, "objective": "sft"}
-DEFAULTS = {
-    "finetune": {**_COMMON, "finetune": "full", "lr": 1e-5},
-    "finetune-kl": {**_COMMON, "finetune": "full", "lr": 1e-5, "kl_weight": 1.0},
-    "lora-finetune": {**_COMMON, "finetune": "lora", "lr": 1e-3},
+
+@dataclass(frozen=True)
+class Baseline:
+    title: str  # of the report
+    summary: str  # of `ctxdistill distill --help`
+    config: type[FinetuneConfig]
+
+
+BASELINES = {
+    "finetune": Baseline("Baseline: full fine-tuning on the documents",
+                         "DiSC baseline: next-token prediction on the documents, full weights", FinetuneConfig),
+    "finetune-kl": Baseline("Baseline: full fine-tuning + KL to the initial model",
+                            "DiSC baseline: next-token prediction + KL to the initial model, full weights",
+                            FinetuneKLConfig),
+    "lora-finetune": Baseline("Baseline: LoRA fine-tuning on the documents",
+                              "DiSC baseline: next-token prediction on the documents, a LoRA adapter",
+                              LoraFinetuneConfig),
 }
-TITLES = {"finetune": "Baseline: full fine-tuning on the documents",
-          "finetune-kl": "Baseline: full fine-tuning + KL to the initial model",
-          "lora-finetune": "Baseline: LoRA fine-tuning on the documents"}
 
 
-def method(name: str, cfg: DistillConfig) -> DocMethod:
-    terms = {"sft": 1.0, "forward_kl": cfg.kl_weight} if name == "finetune-kl" else {"sft": 1.0}
-    objective = Objective(terms, temperature=cfg.temperature)
-    return DocMethod(name, TITLES[name], lambda doc, rng, window: whole_text_pairs(doc.ids, window), objective)
+def objective(name: str, cfg: FinetuneConfig) -> Objective:
+    """Next-token prediction; finetune-kl adds kl_weight · KL(initial ‖ model) at `temperature`."""
+    if name == "finetune-kl":
+        return Objective({"sft": 1.0, "forward_kl": cfg.kl_weight}, temperature=cfg.temperature)
+    return Objective({"sft": 1.0})
 
 
-def run(name: str, cfg: DistillConfig, docs_file: str, out_dir: str, resume: bool = False,
-        qa_file: str | None = None, retention_file: str | None = None, stream: bool = False) -> dict:
-    return run_stream(cfg, method(name, cfg), docs_file, out_dir, resume, qa_file, retention_file, stream)
+def document_windows(doc: TokenizedDoc, rng: random.Random, window: int) -> list[Pair]:
+    """The whole document in windows of the model's length: nothing random, nothing too short to use."""
+    return whole_text_pairs(doc.ids, window)
+
+
+def method(name: str, cfg: FinetuneConfig) -> DocMethod:
+    return DocMethod(name, BASELINES[name].title, document_windows, objective(name, cfg))
+
+
+def run(name: str, cfg: FinetuneConfig, out: str, resume: bool = False, *, docs: str | None = None,
+        qa: str | None = None, retention: str | None = None, stream: bool = False) -> RunResult | None:
+    return run_stream(cfg, method(name, cfg), out, resume, docs=docs, qa=qa, retention=retention, stream=stream)
+
+
+RECIPES = [Recipe(name, b.summary, b.config, DOC_INPUTS, partial(run, name)) for name, b in BASELINES.items()]

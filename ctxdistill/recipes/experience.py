@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ctxdistill import CtxDistillError
-from ctxdistill.config import DistillConfig
+from ctxdistill.config import ExperienceConfig, OnpolicyConfig
 from ctxdistill.core.files import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from ctxdistill.core.generation import generate
 from ctxdistill.core.models import load_adapter, load_model
@@ -25,6 +27,7 @@ from ctxdistill.core.pairs import Context, render_prompt
 from ctxdistill.eval.checkers import load_checker
 from ctxdistill.eval.evaluation import answers
 from ctxdistill.recipes import onpolicy
+from ctxdistill.recipes.base import Recipe, RunResult
 from ctxdistill.recipes.common import make_accelerator, prepare_out_dir
 
 NOTES_PROMPT = (
@@ -32,6 +35,7 @@ NOTES_PROMPT = (
     "Write at most {max_notes} short notes that would help you solve similar tasks next time: what worked, what "
     "went wrong, and how to avoid it. One note per line, starting with '- '."
 )
+ARTIFACTS = ["notes.json", "traces.jsonl", "consolidated", "report.md"]
 
 
 def read_tasks(path) -> list[dict]:
@@ -66,85 +70,134 @@ def clean_notes(text: str, max_notes: int) -> str:
     return "\n".join(dict.fromkeys(notes[:max_notes]))
 
 
-def run(cfg: DistillConfig, tasks_file: str, out_dir: str, checker: str = "exact", resume: bool = False) -> dict:
-    t_start = time.time()
-    tasks = read_tasks(tasks_file)
+@dataclass
+class Experience:
+    """What the steps share: the splits, the model that solves the tasks and the rule that checks the answers."""
+
+    cfg: ExperienceConfig
+    out: Path
+    checker: str
+    check: Callable[[str, str, str], bool]
+    train: list[dict]
+    select: list[dict]
+    test: list[dict]
+    device: object
+    model: object | None  # None while the consolidation run holds its own copy
+    tokenizer: object
+
+    def solve(self, items: list[dict], notes: str | None = None, model=None, adapter: bool = False):
+        """(correct answers, the answers) on `items`, with the notes as the system prompt if given."""
+        context = Context(notes, "system") if notes else None
+        got = answers(model if model is not None else self.model, self.tokenizer, [t["prompt"] for t in items],
+                      context, adapter, self.cfg.eval_max_new_tokens)
+        return sum(self.check(t["prompt"], g, t["answer"]) for t, g in zip(items, got)), got
+
+
+def open_experience(cfg: ExperienceConfig, out: Path, resume: bool, tasks: str | None, checker: str) -> Experience:
+    if not tasks:
+        raise CtxDistillError('experience learns from tasks: pass --tasks FILE (a .jsonl of {"prompt", "answer"}).')
+    rows = read_tasks(tasks)
     check = load_checker(checker)
-    out = Path(out_dir)
     accelerator = make_accelerator(cfg)
     prepare_out_dir(accelerator, out, resume)
     if accelerator.num_processes > 1:
         raise CtxDistillError("experience runs in one process; launch it without accelerate's multi-process mode.")
-    train, select, test = split_tasks(tasks, cfg.seed, cfg.select_fraction, cfg.test_fraction)
+    train, select, test = split_tasks(rows, cfg.seed, cfg.select_fraction, cfg.test_fraction)
     if not train:
         raise CtxDistillError("No tasks left for the train split; add tasks or lower select/test_fraction.")
     model, tokenizer, _ = load_model(cfg.model, cfg.dtype, accelerator.device)
+    return Experience(cfg, out, checker, check, train, select, test, accelerator.device, model, tokenizer)
 
-    def accuracy(model_, items, notes: str | None, adapter: bool = False) -> tuple[int, list[str]]:
-        context = Context(notes, "system") if notes else None
-        got = answers(model_, tokenizer, [t["prompt"] for t in items], context, adapter, cfg.eval_max_new_tokens)
-        return sum(check(t["prompt"], g, t["answer"]) for t, g in zip(items, got)), got
 
-    # 1-2. Traces on the train split.
-    n_right, responses = accuracy(model, train, None)
-    traces = [{"prompt": t["prompt"], "response": r, "answer": t["answer"], "correct": check(t["prompt"], r,
-                                                                                             t["answer"])}
-              for t, r in zip(train, responses)]
-    write_jsonl(out / "traces.jsonl", traces)
+def collect_traces(x: Experience) -> list[dict]:
+    """The model's own answers to the train tasks (greedy), each marked right or wrong."""
+    _, responses = x.solve(x.train)
+    traces = [{"prompt": t["prompt"], "response": r, "answer": t["answer"],
+               "correct": x.check(t["prompt"], r, t["answer"])} for t, r in zip(x.train, responses)]
+    write_jsonl(x.out / "traces.jsonl", traces)
+    return traces
 
-    # 3. Candidate note sets, each written from its own sample of traces (right and wrong ones mixed).
-    rng = random.Random(cfg.seed)
-    prompts = []
+
+def write_candidates(x: Experience, traces: list[dict]) -> list[str]:
+    """Candidate note sets, each written from its own sample of traces (right and wrong ones mixed)."""
+    cfg, rng, prompts = x.cfg, random.Random(x.cfg.seed), []
     for _ in range(cfg.experience_candidates):
         shown = rng.sample(traces, min(cfg.traces_per_note, len(traces)))
-        listing = "\n\n".join(f"Task: {x['prompt']}\nYour answer: {x['response'][:300]}\n"
-                              f"{'Right' if x['correct'] else 'Wrong; the answer was ' + x['answer']}."
-                              for x in shown)
-        prompts.append(render_prompt(tokenizer, NOTES_PROMPT.format(traces=listing, max_notes=cfg.max_notes)))
-    outs = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature,
-                    batch_size=cfg.gen_batch_size, seed=cfg.seed, desc="writing notes")
-    candidates = [c for c in dict.fromkeys(clean_notes(tokenizer.decode(y, skip_special_tokens=True), cfg.max_notes)
-                                           for y in outs) if c]
+        listing = "\n\n".join(f"Task: {t['prompt']}\nYour answer: {t['response'][:300]}\n"
+                               f"{'Right' if t['correct'] else 'Wrong; the answer was ' + t['answer']}."
+                               for t in shown)
+        prompts.append(render_prompt(x.tokenizer, NOTES_PROMPT.format(traces=listing, max_notes=cfg.max_notes)))
+    outs = generate(x.model, x.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                    temperature=cfg.sample_temperature, batch_size=cfg.gen_batch_size, seed=cfg.seed,
+                    desc="writing notes")
+    candidates = [c for c in dict.fromkeys(clean_notes(x.tokenizer.decode(y, skip_special_tokens=True),
+                                                       cfg.max_notes) for y in outs) if c]
     if not candidates:
         raise CtxDistillError("The model wrote no usable notes; raise max_new_tokens or experience_candidates.")
+    return candidates
 
-    # 4. Keep the set that scores best on the select split, in context.
-    scored = [{"notes": c, "select_correct": accuracy(model, select, c)[0]} for c in candidates]
+
+def keep_best(x: Experience, candidates: list[str]) -> dict:
+    """The set that scores best on the select split, in context; written as the consolidation's context file."""
+    scored = [{"notes": c, "select_correct": x.solve(x.select, c)[0]} for c in candidates]
     best = max(scored, key=lambda s: s["select_correct"])
-    atomic_write_json(out / "notes.json", {"context": best["notes"], "prompts": [t["prompt"] for t in train],
-                                           "candidates": scored})
+    atomic_write_json(x.out / "notes.json", {"context": best["notes"], "prompts": [t["prompt"] for t in x.train],
+                                             "candidates": scored})
+    return best
 
-    # 5. Consolidate the kept notes with onpolicy.
-    base_test, base_answers = accuracy(model, test, None)
-    notes_test, notes_answers = accuracy(model, test, best["notes"])
-    del model
-    summary = onpolicy.run(cfg, str(out / "notes.json"), None, str(out / "consolidated"), resume=resume)
-    model, tokenizer, _ = load_model(cfg.model, cfg.dtype, accelerator.device)
-    student = load_adapter(model, str(out / "consolidated" / "adapter"))
+
+def consolidate(x: Experience, resume: bool) -> tuple[dict, tuple[int, list[str]]]:
+    """The kept notes into weights with onpolicy (the notes as context, the train tasks as queries); returns its
+    metrics and the test score of the consolidated model without notes."""
+    x.model = None  # the onpolicy run loads its own copy: do not hold two
+    onpolicy_cfg = OnpolicyConfig(**{k: v for k, v in x.cfg.to_dict().items() if k in OnpolicyConfig.model_fields})
+    done = onpolicy.run(onpolicy_cfg, str(x.out / "consolidated"), resume, context=[str(x.out / "notes.json")])
+    model, _, _ = load_model(x.cfg.model, x.cfg.dtype, x.device)
+    student = load_adapter(model, str(x.out / "consolidated" / "adapter"))
     student.eval()
-    after_test, after_answers = accuracy(student, test, None, adapter=True)
+    return done.metrics, x.solve(x.test, None, student, adapter=True)
 
-    # 6. Report.
-    n = len(test)
-    result = {"splits": {"train": len(train), "select": len(select), "test": n}, "checker": checker,
+
+def write_outputs(x: Experience, traces: list[dict], n_candidates: int, best: dict, scores: dict,
+                  consolidation: dict, t_start: float) -> RunResult:
+    """experience.json (every test answer of the three rows) and the report."""
+    (base, base_answers), (with_notes, notes_answers), (after, after_answers) = scores.values()
+    n, n_right = len(x.test), sum(t["correct"] for t in traces)
+    result = {"splits": {"train": len(x.train), "select": len(x.select), "test": n}, "checker": x.checker,
               "train_correct_without_notes": n_right,
-              "test_accuracy": {"without_notes": base_test, "notes_in_context": notes_test,
-                                "consolidated_without_notes": after_test},
-              "notes": best["notes"], "candidates": len(candidates),
-              "seconds": round(time.time() - t_start, 1),
-              "consolidation": {k: summary.get("metrics", {}).get(k) for k in ("train_steps", "train_seconds",
-                                                                              "generation_seconds")},
+              "test_accuracy": {"without_notes": base, "notes_in_context": with_notes,
+                                "consolidated_without_notes": after},
+              "notes": best["notes"], "candidates": n_candidates, "seconds": round(time.time() - t_start, 1),
+              "consolidation": {k: consolidation.get(k) for k in ("train_steps", "train_seconds",
+                                                                 "generation_seconds")},
               "answers": [{"prompt": t["prompt"], "answer": t["answer"], "without_notes": a, "notes_in_context": b,
-                           "consolidated": c} for t, a, b, c in zip(test, base_answers, notes_answers, after_answers)]}
-    atomic_write_json(out / "experience.json", result)
+                           "consolidated": c} for t, a, b, c in zip(x.test, base_answers, notes_answers,
+                                                                    after_answers)]}
+    atomic_write_json(x.out / "experience.json", result)
     table = "\n".join(["| model | notes in context | test accuracy |", "|---|---|---|",
-                       f"| base | no | {base_test}/{n} |", f"| base | yes | {notes_test}/{n} |",
-                       f"| consolidated (onpolicy) | no | {after_test}/{n} |"])
+                       f"| base | no | {base}/{n} |", f"| base | yes | {with_notes}/{n} |",
+                       f"| consolidated (onpolicy) | no | {after}/{n} |"])
     notes_md = best["notes"].replace("\n", "\n    ")
-    atomic_write_text(out / "report.md", "\n".join([
+    atomic_write_text(x.out / "report.md", "\n".join([
         "# experience: notes from the model's own traces, consolidated", "",
-        f"- tasks: {len(train)} train, {len(select)} select, {n} test; checker `{checker}`",
-        f"- the model solved {n_right}/{len(train)} train tasks without notes; {len(candidates)} candidate note "
-        f"sets, the kept one solved {best['select_correct']}/{len(select)} select tasks in context", "",
+        f"- tasks: {len(x.train)} train, {len(x.select)} select, {n} test; checker `{x.checker}`",
+        f"- the model solved {n_right}/{len(x.train)} train tasks without notes; {n_candidates} candidate note "
+        f"sets, the kept one solved {best['select_correct']}/{len(x.select)} select tasks in context", "",
         table, "", "## Kept notes", "", "    " + notes_md, ""]))
-    return {"table": table, **result}
+    return RunResult(x.out, ARTIFACTS, result, table)
+
+
+def run(cfg: ExperienceConfig, out: str, resume: bool = False, *, tasks: str | None = None,
+        checker: str | None = "exact") -> RunResult:
+    t_start = time.time()
+    x = open_experience(cfg, Path(out), resume, tasks, checker or "exact")
+    traces = collect_traces(x)
+    candidates = write_candidates(x, traces)
+    best = keep_best(x, candidates)
+    scores = {"without_notes": x.solve(x.test), "notes_in_context": x.solve(x.test, best["notes"])}
+    consolidation, scores["consolidated"] = consolidate(x, resume)
+    return write_outputs(x, traces, len(candidates), best, scores, consolidation, t_start)
+
+
+RECIPES = [Recipe("experience", "solve tasks, write notes from the model's own traces, keep the best set and "
+                                "consolidate it into weights on-policy", ExperienceConfig, ("tasks", "checker"), run)]

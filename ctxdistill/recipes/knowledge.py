@@ -15,21 +15,24 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
 
 from ctxdistill import CtxDistillError
-from ctxdistill.config import DistillConfig
+from ctxdistill.config import KnowledgeConfig
 from ctxdistill.core.files import atomic_write_text, read_jsonl, write_jsonl
 from ctxdistill.core.losses import DistillLoss, collate_pairs
-from ctxdistill.core.models import add_lora, cache_dir, enable_gradient_checkpointing, load_adapter
+from ctxdistill.core.models import cache_dir, load_adapter
 from ctxdistill.core.objectives import Objective
 from ctxdistill.core.pairs import Context, Pair, assistant_header, build_pair, render_prompt
 from ctxdistill.core.teacher import Teacher
-from ctxdistill.core.training import train
+from ctxdistill.core.training import TrainResult, train
 from ctxdistill.data.anchors import make_anchors, with_anchors
 from ctxdistill.data.chunks import Chunk, chunk_document
 from ctxdistill.data.documents import Document, gather_qa, read_documents
@@ -38,6 +41,7 @@ from ctxdistill.data.splits import split_pair, whole_text_pairs
 from ctxdistill.data.synthetic import SynthSettings, synthesize
 from ctxdistill.eval.evaluation import DriftProbe, score
 from ctxdistill.eval.knowledge_eval import (
+    QuestionSet,
     base_rows,
     knowledge_result,
     knowledge_table,
@@ -47,11 +51,20 @@ from ctxdistill.eval.knowledge_eval import (
     write_knowledge_report,
 )
 from ctxdistill.recipes.artifacts import save_adapter, sha256_text, write_manifest
-from ctxdistill.recipes.common import main_process_writes, open_run, train_settings, training_fingerprint_config
+from ctxdistill.recipes.base import Recipe, RunResult
+from ctxdistill.recipes.common import (
+    budget_deadline,
+    fingerprint,
+    main_process_writes,
+    make_student,
+    model_window,
+    open_run,
+    share_budget,
+    train_settings,
+    training_fingerprint_config,
+)
 from ctxdistill.recipes.module_library import write_module_manifest
 
-DEFAULTS = {"lora_r": 16, "lora_alpha": 16, "lr": 1e-3, "objective": "forward_kl", "hidden_weight": 1.0,
-            "batch_size": 8, "micro_batch_size": 8, "epochs": 16.0, "warmup_ratio": 0.05, "anchor_fraction": 0.5}
 TITLES = {"dcd": "Knowledge modules: deep context distillation",
           "ntp-doc": "Baseline: next-token prediction on the documents",
           "ntp-synth": "Baseline: next-token prediction on synthetic QA/summaries + the documents"}
@@ -70,7 +83,7 @@ def raw_pairs(ids: list[int], window: int, loss_fraction: float) -> list[Pair]:
     return pairs
 
 
-def synth_settings(cfg: DistillConfig) -> SynthSettings:
+def synth_settings(cfg: KnowledgeConfig) -> SynthSettings:
     return SynthSettings(tuple(cfg.summary_prompts), cfg.summaries_per_prompt, cfg.question_prompt,
                          cfg.questions_per_chunk, cfg.answers_per_question, cfg.synth_temperature, cfg.max_new_tokens,
                          cfg.seed, cfg.gen_batch_size)
@@ -102,184 +115,309 @@ def synthetic_pairs(tokenizer, rows: list[dict], chunks: dict[str, Chunk], windo
     return pairs
 
 
+NO_QUESTIONS = "(no questions: give the documents a \"qa\" list or pass --qa)"
+
+
 def module_name(doc_id: str) -> str:
     return re.sub(r"[^\w.-]+", "_", doc_id) or "doc"
 
 
-def run(cfg: DistillConfig, docs_file: str, out_dir: str, resume: bool = False, qa_file: str | None = None,
-        retention_file: str | None = None, per_document: bool = False) -> dict:
-    t_start = time.time()
-    deadline_at = t_start + cfg.max_minutes * 60 if cfg.max_minutes else None  # generation + training
-    if cfg.finetune != "lora":
-        raise CtxDistillError("A knowledge module is a LoRA adapter: the knowledge recipe needs finetune=lora.")
-    docs = read_documents(docs_file)
-    qa_by_doc = gather_qa(docs, qa_file)
-    retention = read_retention(retention_file)
-    out = Path(out_dir)
-    objective_name = cfg.knowledge_objective
-    uses_synthetic = objective_name == "ntp-synth" or (objective_name == "dcd" and cfg.knowledge_data == "synthetic")
+@dataclass
+class Inputs:
+    docs: list[Document]
+    qa_by_doc: dict[str, list[dict]]  # document id (or "*": any) -> its questions
+    retention: list[dict]
 
+
+@dataclass
+class Module:
+    """One module to train: a document (--per-document) or the corpus, and where it goes."""
+
+    name: str
+    group: list[Document]
+    target: Path
+    pairs: list[Pair] = field(default_factory=list)
+    fingerprint: str = ""
+
+
+@dataclass
+class KnowledgeRun:
+    """What the steps share: the settings, the model, the documents, and what each step adds."""
+
+    cfg: KnowledgeConfig
+    out: Path
+    resume: bool
+    per_document: bool
+    inputs: Inputs
+    t_start: float
+    accelerator: Accelerator
+    model: Any  # the plain base between modules
+    tokenizer: Any
+    base_path: str
+    window: int
+    chunks: list[Chunk]
+    doc_ids: dict[str, list[int]]  # each document's token ids
+    objective: Objective
+    rows: list[dict] = field(default_factory=list)  # synthetic data
+    anchors: list[dict] = field(default_factory=list)
+    items: list[tuple[str | None, dict]] = field(default_factory=list)  # (document id or None, question)
+    qs: QuestionSet | None = None
+    reference: dict[str, list[str]] = field(default_factory=dict)  # the base's rows of the table
+    probe: DriftProbe | None = None
+    module_answers: dict[str, list[str | None]] = field(default_factory=dict)
+    module_reports: list[dict] = field(default_factory=list)
+    measured: list[dict] = field(default_factory=list)  # each module's retention probe
+    generation_seconds: float = 0.0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+    @property
+    def objective_name(self) -> str:
+        return self.cfg.knowledge_objective
+
+    @property
+    def uses_synthetic(self) -> bool:
+        return self.objective_name == "ntp-synth" or (self.objective_name == "dcd"
+                                                      and self.cfg.knowledge_data == "synthetic")
+
+    @property
+    def by_key(self) -> dict[str, Chunk]:
+        return {c.key: c for c in self.chunks}
+
+
+def run(cfg: KnowledgeConfig, out: str, resume: bool = False, *, docs: str | None = None, qa: str | None = None,
+        retention: str | None = None, per_document: bool = False) -> RunResult | None:
+    t_start = time.time()
+    state = set_up(cfg, Path(out), resume, read_inputs(docs, qa, retention), per_document, t_start)
+    make_synthetic_data(state)
+    make_run_anchors(state)
+    measure_references(state)
+    modules = plan_modules(state.inputs.docs, state.out, state.per_document)
+    for n, module in enumerate(modules):
+        distill_module(state, module, n, len(modules))
+    return write_artifacts(state)
+
+
+def read_inputs(docs: str | None, qa: str | None, retention: str | None) -> Inputs:
+    """Read before the model is loaded, so a bad file fails at once."""
+    if not docs:
+        raise CtxDistillError("The knowledge recipe learns from documents: pass --docs FILE_OR_FOLDER.")
+    documents = read_documents(docs)
+    return Inputs(documents, gather_qa(documents, qa), read_retention(retention))
+
+
+def set_up(cfg: KnowledgeConfig, out: Path, resume: bool, inputs: Inputs, per_document: bool,
+           t_start: float) -> KnowledgeRun:
     accelerator, model, tokenizer, base_path = open_run(cfg, out, resume)
-    window = getattr(model.config, "max_position_embeddings", None) or 2048
-    window = min(window, cfg.max_seq_len) if cfg.max_seq_len else window
+    window = model_window(model, cfg)
     if cfg.chunk_tokens + cfg.max_new_tokens + 64 > window:
         raise CtxDistillError(f"chunk_tokens ({cfg.chunk_tokens}) + max_new_tokens ({cfg.max_new_tokens}) does not "
                               f"fit the model window ({window}) with a prompt. Lower chunk_tokens.")
-    chunks = [c for d in docs for c in chunk_document(tokenizer, d.id, d.text, cfg.chunk_tokens, cfg.chunk_overlap)]
-    by_key = {c.key: c for c in chunks}
-    doc_ids = {d.id: tokenizer(d.text, add_special_tokens=False)["input_ids"] for d in docs}
+    chunks = [c for d in inputs.docs
+              for c in chunk_document(tokenizer, d.id, d.text, cfg.chunk_tokens, cfg.chunk_overlap)]
+    doc_ids = {d.id: tokenizer(d.text, add_special_tokens=False)["input_ids"] for d in inputs.docs}
+    objective = cfg.build_objective() if cfg.knowledge_objective == "dcd" else Objective({"sft": 1.0})
+    return KnowledgeRun(cfg, out, resume, per_document, inputs, t_start, accelerator, model, tokenizer, base_path,
+                        window, chunks, doc_ids, objective)
 
-    # 1. Synthetic data (main process; cached per chunk, so baselines on the same documents reuse it).
-    t0 = time.time()
-    rows = []
-    if uses_synthetic:
-        if accelerator.is_main_process:
-            model.eval()
-            rows = synthesize(model, tokenizer, chunks, synth_settings(cfg), cache_dir() / "synthetic",
-                              f"{cfg.model}|{base_path}")
-            write_jsonl(out / "data" / "synthetic.jsonl", rows)
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            rows = read_jsonl(out / "data" / "synthetic.jsonl", "synthetic data")
-    generation_seconds = time.time() - t0
 
-    # Anchors: general prompts and the base's own answers, which a DCD module is held to (not to learn the document
-    # into everything it says); made before any adapter exists.
-    anchors = []
-    if objective_name == "dcd" and cfg.anchor_fraction > 0:
-        anchors = main_process_writes(accelerator, out / "data" / "anchors.jsonl",
-                                      lambda: make_anchors(cfg, model, tokenizer))
-
-    # 2. The references, before any adapter exists: base closed-book, open-book, retrieval; the retention probe.
-    items = [(doc_id if doc_id != "*" else None, x) for doc_id, qs in qa_by_doc.items() for x in qs]
-    texts = {d.id: d.text for d in docs}
-    qs = question_set(items, texts, chunks, cfg.retrieval_top_k) if items else None
-    reference, probe = {}, None
-    t_eval = time.time()
+def make_synthetic_data(state: KnowledgeRun) -> None:
+    """Summaries and QA about each chunk, by the main process; cached per chunk, so baselines on the same documents
+    reuse it."""
+    if not state.uses_synthetic:
+        return
+    t0, accelerator, path = time.time(), state.accelerator, state.out / "data" / "synthetic.jsonl"
     if accelerator.is_main_process:
-        model.eval()
-        probe = DriftProbe(model, tokenizer, retention, cfg.eval_max_new_tokens)
-        if qs:
-            reference = base_rows(model, tokenizer, qs, cfg.eval_max_new_tokens)
-    eval_seconds = time.time() - t_eval
-
-    # 3. One module per document, or one for the corpus.
-    groups = [(module_name(d.id), [d]) for d in docs] if per_document else [("corpus", docs)]
-    objective = cfg.build_objective() if objective_name == "dcd" else Objective({"sft": 1.0})
-    base_fingerprint = training_fingerprint_config(cfg)
-    module_answers: dict[str, list[str | None]] = {k: [None] * len(items) for k in ("module", "module_retrieval")}
-    module_reports, measured, train_seconds = [], [], 0.0  # measured: each module's retention probe
-    for n, (name, group) in enumerate(groups):
-        target = out / "modules" / name if per_document else out / "adapter"
-        pairs = group_pairs(cfg, objective_name, tokenizer, group, doc_ids, rows, by_key, window)
-        pairs = with_anchors(pairs, anchors, cfg.anchor_fraction, tokenizer, f"{cfg.seed}:{name}")
-        if not pairs:
-            raise CtxDistillError(f"No training data for {name}: " + (
-                "the synthetic data is empty (raise questions_per_chunk or check question_prompt)." if uses_synthetic
-                else "its documents are too short (one token)."))
-        fingerprint = hashlib.sha256(json.dumps([base_fingerprint, name, [p.teacher_ids for p in pairs],
-                                                 [p.student_ids for p in pairs]]).encode()).hexdigest()
-        done = (target / "module.json").is_file() and \
-            json.loads((target / "module.json").read_text()).get("fingerprint") == fingerprint
-        if done:  # finished before a resume
-            accelerator.print(f"Module {name}: already trained, loaded from {target}.")
-            student, result = load_adapter(model, str(target)), None
-        else:
-            student = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-            if cfg.gradient_checkpointing:
-                enable_gradient_checkpointing(student)
-            teacher = Teacher(student) if objective.needs_teacher else None
-            loss_module = DistillLoss(student, teacher, objective, cfg.chunk_size)
-            deadline = None
-            if deadline_at:  # the time left is shared equally by the modules still to train; evaluating is free
-                deadline = time.time() + (deadline_at + eval_seconds - time.time()) / (len(groups) - n)
-            if len(groups) > 1:
-                accelerator.print(f"Module {n + 1}/{len(groups)}: {name}, {len(pairs)} pairs.")
-            result = train(accelerator, loss_module, pairs, lambda b: collate_pairs(b, tokenizer.pad_token_id),
-                           train_settings(cfg, deadline), out / "checkpoint" / f"{name}.pt", resume=resume,
-                           fingerprint=fingerprint)
-            train_seconds += result.seconds
-        # 4. This module: its own questions (per document) or all of them, closed-book and with retrieval.
-        report = {"name": name, "path": str(target), "pairs": len(pairs)}
-        if accelerator.is_main_process:
-            student.eval()
-            t_eval = time.time()
-            # A question names its document, or goes to the module of the document retrieval ranks first.
-            mine = [i for i, (doc_id, _) in enumerate(items) if not per_document or doc_id == group[0].id
-                    or (doc_id is None and qs.retrieved_docs[i] == group[0].id)]
-            got = module_rows(student, tokenizer, qs, cfg.eval_max_new_tokens, mine) if qs and mine else {}
-            for key, answers in got.items():
-                for i, a in zip(mine, answers):
-                    module_answers[key][i] = a
-            kept = probe.measure(student)
-            eval_seconds += time.time() - t_eval
-            measured.append(kept)
-            report.update({"knowledge": score([module_answers["module"][i] for i in mine], [items[i][1] for i in mine]),
-                           "questions": len(mine), "retention": kept["accuracy"], "retention_n": kept["n"],
-                           "kl_to_base": round(kept["kl_to_initial"], 5), "retention_answers": kept["answers"]})
-            if result is not None:
-                report.update({"train_steps": result.steps_done, "total_steps": result.total_steps,
-                               "stopped_by_budget": result.stopped_by_budget,
-                               "train_seconds": round(result.seconds, 1), "final_loss": result.final_loss})
-                save_adapter(student, target)
-                write_module_manifest(target, {
-                    "name": name, "recipe": "knowledge", "objective": objective_name,
-                    "data": cfg.knowledge_data if objective_name == "dcd" else objective_name,
-                    "base_model": cfg.model, "base_model_path": base_path,
-                    "documents": [{"id": d.id, "sha256": sha256_text(d.text),
-                                   "chunks": sum(c.doc_id == d.id for c in chunks)} for d in group],
-                    "config": cfg.to_dict(), "fingerprint": fingerprint,
-                    "metrics": {k: v for k, v in report.items() if k not in ("name", "path", "retention_answers")}})
-            else:
-                report.update(json.loads((target / "module.json").read_text()).get("metrics", {}))
-        module_reports.append(report)
-        accelerator.wait_for_everyone()
-        model = student.unload()  # the plain base again, for the next module
-
-    # 5. Report (main process).
-    summary = None
-    if accelerator.is_main_process:
-        result = None
-        if qs:
-            answers = {**reference, **{k: [a or "" for a in v] for k, v in module_answers.items()}}
-            result = knowledge_result(qs, answers, retention_rows(probe, measured))
-        total_steps = sum(r.get("train_steps", 0) for r in module_reports)
-        metrics = {"generation_seconds": round(generation_seconds, 1), "train_seconds": round(train_seconds, 1),
-                   "eval_seconds": round(eval_seconds, 1), "total_seconds": round(time.time() - t_start, 1),
-                   "train_steps": total_steps, "synthetic_rows": len(rows), "chunks": len(chunks),
-                   "modules": module_reports}
-        if result:
-            metrics["knowledge"] = {k: v for k, v in result.items() if k != "questions"}
-        write_manifest(out, {"recipe": "knowledge", "objective": objective_name, "base_model": cfg.model,
-                             "base_model_path": base_path, "per_document": per_document,
-                             "documents": [{"id": d.id, "sha256": sha256_text(d.text)} for d in docs],
-                             "config": cfg.to_dict(), "metrics": metrics})
-        kinds = {k: sum(r["kind"] == k for r in rows) for k in ("summary", "qa")}
-        lines = [f"- base model: `{cfg.model}`; objective: {objective_name}"
-                 + (f" ({cfg.knowledge_data} data)" if objective_name == "dcd" else ""),
-                 f"- documents: {len(docs)} in {len(chunks)} chunks of ≤{cfg.chunk_tokens} tokens; modules: "
-                 + ", ".join(f"`{r['path']}`" for r in module_reports),
-                 (f"- synthetic data: {kinds['summary']} summaries and {kinds['qa']} question–answer pairs"
-                  if uses_synthetic else "- data: the document text"),
-                 f"- training: {total_steps} steps" + (" (stopped by the time budget)" if any(
-                     r.get("stopped_by_budget") for r in module_reports) else ""),
-                 *(["- per module (its own questions; retention on the general set): " + "; ".join(
-                     f"{r['name']} {r['knowledge']}/{r['questions']}, retention {r['retention']}/{r['retention_n']}, "
-                     f"KL {r['kl_to_base']:.3f}" for r in module_reports)] if len(module_reports) > 1 else []),
-                 f"- time: generation {generation_seconds:.0f}s, training {train_seconds:.0f}s, evaluation "
-                 f"{eval_seconds:.0f}s, total {time.time() - t_start:.0f}s"]
-        if result:
-            write_knowledge_report(out, TITLES[objective_name], lines, result)
-        else:
-            atomic_write_text(out / "report.md", "\n".join([f"# {TITLES[objective_name]}", "", *lines,
-                                                            "", "(no questions: give documents a \"qa\" list or "
-                                                            "pass --qa)", ""]))
-        summary = {"metrics": metrics, "result": result, "table": knowledge_table(result) if result else ""}
+        state.model.eval()
+        state.rows = synthesize(state.model, state.tokenizer, state.chunks, synth_settings(state.cfg),
+                                cache_dir() / "synthetic", f"{state.cfg.model}|{state.base_path}")
+        write_jsonl(path, state.rows)
     accelerator.wait_for_everyone()
-    return summary or {}
+    if not accelerator.is_main_process:
+        state.rows = read_jsonl(path, "synthetic data")
+    state.generation_seconds = time.time() - t0
 
 
-def group_pairs(cfg: DistillConfig, objective_name: str, tokenizer, group: list[Document],
+def make_run_anchors(state: KnowledgeRun) -> None:
+    """General prompts and the base's own answers, which a DCD module is held to so that it does not learn the
+    document into everything it says; made before any adapter exists."""
+    if state.objective_name == "dcd" and state.cfg.anchor_fraction > 0:
+        state.anchors = main_process_writes(state.accelerator, state.out / "data" / "anchors.jsonl",
+                                            lambda: make_anchors(state.cfg, state.model, state.tokenizer))
+
+
+def measure_references(state: KnowledgeRun) -> None:
+    """Before any adapter exists: the base closed-book, open-book and with retrieval, and the retention probe."""
+    state.items = [(doc_id if doc_id != "*" else None, x) for doc_id, qs in state.inputs.qa_by_doc.items()
+                   for x in qs]
+    texts = {d.id: d.text for d in state.inputs.docs}
+    state.qs = question_set(state.items, texts, state.chunks, state.cfg.retrieval_top_k) if state.items else None
+    state.module_answers = {k: [None] * len(state.items) for k in ("module", "module_retrieval")}
+    t_eval = time.time()
+    if state.accelerator.is_main_process:
+        state.model.eval()
+        state.probe = DriftProbe(state.model, state.tokenizer, state.inputs.retention, state.cfg.eval_max_new_tokens)
+        if state.qs:
+            state.reference = base_rows(state.model, state.tokenizer, state.qs, state.cfg.eval_max_new_tokens)
+    state.eval_seconds = time.time() - t_eval
+
+
+def plan_modules(docs: list[Document], out: Path, per_document: bool) -> list[Module]:
+    """One module per document (OUT/modules/NAME), or one for the corpus (OUT/adapter)."""
+    if per_document:
+        return [Module(module_name(d.id), [d], out / "modules" / module_name(d.id)) for d in docs]
+    return [Module("corpus", docs, out / "adapter")]
+
+
+def distill_module(state: KnowledgeRun, module: Module, n: int, total: int) -> None:
+    """Train (or, on resume, load) one module, evaluate and save it, then take the adapter off for the next."""
+    prepare_pairs(state, module)
+    student, result = train_module(state, module, n, total)
+    report = {"name": module.name, "path": str(module.target), "pairs": len(module.pairs)}
+    if state.accelerator.is_main_process:
+        report.update(evaluate_module(state, module, student))
+        save_module(state, module, student, result, report)
+    state.module_reports.append(report)
+    state.accelerator.wait_for_everyone()
+    state.model = student.unload()
+
+
+def prepare_pairs(state: KnowledgeRun, module: Module) -> None:
+    cfg = state.cfg
+    pairs = group_pairs(cfg, state.objective_name, state.tokenizer, module.group, state.doc_ids, state.rows,
+                        state.by_key, state.window)
+    module.pairs = with_anchors(pairs, state.anchors, cfg.anchor_fraction, state.tokenizer, f"{cfg.seed}:{module.name}")
+    if not module.pairs:
+        raise CtxDistillError(f"No training data for {module.name}: " + (
+            "the synthetic data is empty (raise questions_per_chunk or check question_prompt)."
+            if state.uses_synthetic else "its documents are too short (one token)."))
+    module.fingerprint = fingerprint(training_fingerprint_config(cfg), module.name,
+                                     [p.teacher_ids for p in module.pairs], [p.student_ids for p in module.pairs])
+
+
+def train_module(state: KnowledgeRun, module: Module, n: int, total: int) -> tuple[Any, TrainResult | None]:
+    """(the student, its training result); None for a module finished before a resume, which is loaded instead."""
+    cfg, accelerator, manifest = state.cfg, state.accelerator, module.target / "module.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("fingerprint") == module.fingerprint:
+        accelerator.print(f"Module {module.name}: already trained, loaded from {module.target}.")
+        return load_adapter(state.model, str(module.target)), None
+    student = make_student(state.model, cfg)
+    teacher = Teacher(student) if state.objective.needs_teacher else None
+    loss_module = DistillLoss(student, teacher, state.objective, cfg.chunk_size)
+    deadline = module_deadline(cfg, state.t_start, state.eval_seconds, total - n)
+    if total > 1:
+        accelerator.print(f"Module {n + 1}/{total}: {module.name}, {len(module.pairs)} pairs.")
+    result = train(accelerator, loss_module, module.pairs, lambda b: collate_pairs(b, state.tokenizer.pad_token_id),
+                   train_settings(cfg, deadline), state.out / "checkpoint" / f"{module.name}.pt", resume=state.resume,
+                   fingerprint=module.fingerprint)
+    state.train_seconds += result.seconds
+    return student, result
+
+
+def module_deadline(cfg: KnowledgeConfig, t_start: float, eval_seconds: float, modules_left: int) -> float | None:
+    """The modules still to train share the time left equally; evaluating does not count against the budget."""
+    deadline_at = budget_deadline(cfg, t_start)
+    return share_budget(deadline_at + eval_seconds if deadline_at else None, [1.0] * modules_left)
+
+
+def own_questions(items: list[tuple[str | None, dict]], qs: QuestionSet | None, doc: str | None) -> list[int]:
+    """The questions a module answers: all of them for the corpus module (doc None); for a document's module,
+    those that name its document, or that name none and whose best retrieved chunk is from it."""
+    return [i for i, (doc_id, _) in enumerate(items) if doc is None or doc_id == doc
+            or (doc_id is None and qs.retrieved_docs[i] == doc)]
+
+
+def evaluate_module(state: KnowledgeRun, module: Module, student) -> dict:
+    """The module on its own questions, closed-book and with retrieval, and its retention (main process)."""
+    student.eval()
+    t_eval = time.time()
+    mine = own_questions(state.items, state.qs, module.group[0].id if state.per_document else None)
+    got = module_rows(student, state.tokenizer, state.qs, state.cfg.eval_max_new_tokens, mine) \
+        if state.qs and mine else {}
+    for key, answers in got.items():
+        for i, a in zip(mine, answers):
+            state.module_answers[key][i] = a
+    kept = state.probe.measure(student)
+    state.eval_seconds += time.time() - t_eval
+    state.measured.append(kept)
+    return {"knowledge": score([state.module_answers["module"][i] for i in mine], [state.items[i][1] for i in mine]),
+            "questions": len(mine), "retention": kept["accuracy"], "retention_n": kept["n"],
+            "kl_to_base": round(kept["kl_to_initial"], 5), "retention_answers": kept["answers"]}
+
+
+def save_module(state: KnowledgeRun, module: Module, student, result: TrainResult | None, report: dict) -> None:
+    """A plain PEFT adapter with its module.json; a module loaded on resume keeps its files and brings its metrics."""
+    if result is None:
+        report.update(json.loads((module.target / "module.json").read_text()).get("metrics", {}))
+        return
+    report.update({"train_steps": result.steps_done, "total_steps": result.total_steps,
+                   "stopped_by_budget": result.stopped_by_budget, "train_seconds": round(result.seconds, 1),
+                   "final_loss": result.final_loss})
+    cfg = state.cfg
+    save_adapter(student, module.target)
+    write_module_manifest(module.target, {
+        "name": module.name, "recipe": "knowledge", "objective": state.objective_name,
+        "data": cfg.knowledge_data if state.objective_name == "dcd" else state.objective_name,
+        "base_model": cfg.model, "base_model_path": state.base_path,
+        "documents": [{"id": d.id, "sha256": sha256_text(d.text),
+                       "chunks": sum(c.doc_id == d.id for c in state.chunks)} for d in module.group],
+        "config": cfg.to_dict(), "fingerprint": module.fingerprint,
+        "metrics": {k: v for k, v in report.items() if k not in ("name", "path", "retention_answers")}})
+
+
+def write_artifacts(state: KnowledgeRun) -> RunResult | None:
+    """manifest.json and report.md by the main process; the other processes get None."""
+    result = write_report(state) if state.accelerator.is_main_process else None
+    state.accelerator.wait_for_everyone()
+    return result
+
+
+def write_report(state: KnowledgeRun) -> RunResult:
+    cfg, out, reports = state.cfg, state.out, state.module_reports
+    result = None
+    if state.qs:
+        answers = {**state.reference, **{k: [a or "" for a in v] for k, v in state.module_answers.items()}}
+        result = knowledge_result(state.qs, answers, retention_rows(state.probe, state.measured))
+    elapsed = time.time() - state.t_start
+    metrics = {"generation_seconds": round(state.generation_seconds, 1),
+               "train_seconds": round(state.train_seconds, 1), "eval_seconds": round(state.eval_seconds, 1),
+               "total_seconds": round(elapsed, 1), "train_steps": sum(r.get("train_steps", 0) for r in reports),
+               "synthetic_rows": len(state.rows), "chunks": len(state.chunks), "modules": reports}
+    if result:
+        metrics["knowledge"] = {k: v for k, v in result.items() if k != "questions"}
+    write_manifest(out, {"recipe": "knowledge", "objective": state.objective_name, "base_model": cfg.model,
+                         "base_model_path": state.base_path, "per_document": state.per_document,
+                         "documents": [{"id": d.id, "sha256": sha256_text(d.text)} for d in state.inputs.docs],
+                         "config": cfg.to_dict(), "metrics": metrics})
+    title, lines = TITLES[state.objective_name], report_lines(state, metrics["train_steps"], elapsed)
+    if result:
+        write_knowledge_report(out, title, lines, result)
+    else:
+        atomic_write_text(out / "report.md", "\n".join([f"# {title}", "", *lines, "", NO_QUESTIONS, ""]))
+    return RunResult(out, ["modules" if state.per_document else "adapter", "manifest.json", "report.md"], metrics,
+                     knowledge_table(result) if result else "", NO_QUESTIONS)
+
+
+def report_lines(state: KnowledgeRun, total_steps: int, elapsed: float) -> list[str]:
+    cfg, reports = state.cfg, state.module_reports
+    kinds = {k: sum(r["kind"] == k for r in state.rows) for k in ("summary", "qa")}
+    per_module = ["- per module (its own questions; retention on the general set): " + "; ".join(
+        f"{r['name']} {r['knowledge']}/{r['questions']}, retention {r['retention']}/{r['retention_n']}, "
+        f"KL {r['kl_to_base']:.3f}" for r in reports)] if len(reports) > 1 else []
+    return [f"- base model: `{cfg.model}`; objective: {state.objective_name}"
+            + (f" ({cfg.knowledge_data} data)" if state.objective_name == "dcd" else ""),
+            f"- documents: {len(state.inputs.docs)} in {len(state.chunks)} chunks of ≤{cfg.chunk_tokens} tokens; "
+            "modules: " + ", ".join(f"`{r['path']}`" for r in reports),
+            (f"- synthetic data: {kinds['summary']} summaries and {kinds['qa']} question–answer pairs"
+             if state.uses_synthetic else "- data: the document text"),
+            f"- training: {total_steps} steps"
+            + (" (stopped by the time budget)" if any(r.get("stopped_by_budget") for r in reports) else ""),
+            *per_module,
+            (f"- time: generation {state.generation_seconds:.0f}s, training {state.train_seconds:.0f}s, "
+             f"evaluation {state.eval_seconds:.0f}s, total {elapsed:.0f}s")]
+
+
+def group_pairs(cfg: KnowledgeConfig, objective_name: str, tokenizer, group: list[Document],
                 doc_ids: dict[str, list[int]], rows: list[dict], chunks: dict[str, Chunk], window: int) -> list[Pair]:
     """The training pairs of one module."""
     mine = {d.id for d in group}
@@ -295,3 +433,6 @@ def group_pairs(cfg: DistillConfig, objective_name: str, tokenizer, group: list[
     return synthetic_pairs(tokenizer, own_rows, chunks, window, True, cfg.summary_view)
 
 
+RECIPES = [Recipe("knowledge", "knowledge modules from documents by deep context distillation "
+                  "(--objective ntp-doc|ntp-synth: baselines)", KnowledgeConfig,
+                  ("docs", "qa", "retention", "per_document"), run)]

@@ -13,158 +13,268 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 from ctxdistill import CtxDistillError
-from ctxdistill.config import DistillConfig
-from ctxdistill.core.forward import shared_prefix_len
+from ctxdistill.config import OnpolicyConfig
 from ctxdistill.core.generation import MergedCopy, generate
-from ctxdistill.core.losses import DistillLoss, collate_pairs
-from ctxdistill.core.models import add_lora, enable_gradient_checkpointing
+from ctxdistill.core.losses import DistillLoss, PairBatch, collate_pairs
+from ctxdistill.core.objectives import Objective
 from ctxdistill.core.pairs import Context, assistant_header, build_pair, render_prompt
 from ctxdistill.core.teacher import Teacher, load_teacher_model
-from ctxdistill.core.training import train
-from ctxdistill.data.inputs import BUNDLED_RETENTION, read_context, read_prompts, read_qa, read_qa_items
+from ctxdistill.core.training import TrainResult, train
+from ctxdistill.data.inputs import read_context, read_prompts, read_qa, read_qa_items, read_retention
 from ctxdistill.data.queries import synthesize_queries
 from ctxdistill.eval.evaluation import evaluate, results_table
 from ctxdistill.eval.reports import write_report
 from ctxdistill.recipes.artifacts import save_trained, sha256_text, write_manifest
-from ctxdistill.recipes.common import main_process_writes, open_run, train_settings, training_fingerprint_config
+from ctxdistill.recipes.base import Recipe, RunResult
+from ctxdistill.recipes.common import (budget_deadline, fingerprint, main_process_writes, make_student, model_window,
+                                       open_run, train_settings, training_fingerprint_config)
 
-# Steps rather than epochs: every step draws fresh samples, so a short query list can be revisited many times.
-DEFAULTS = {"objective": "reverse_kl", "top_k": 256, "top_k_support": "student", "top_k_tail": "renorm",
-            "sample_temperature": 1.0, "max_new_tokens": 64, "batch_size": 16, "micro_batch_size": 16,
-            "max_steps": 110, "lr": 2e-3, "warmup_ratio": 0.05}
+ARTIFACTS = ["adapter", "manifest.json", "report.md"]
+NO_TABLE = "(no eval questions: pass --eval FILE or put an \"eval\" list in the context)"
 
 
-def run(cfg: DistillConfig, context_file: str, prompts_file: str | None, out_dir: str, resume: bool = False,
-        eval_file: str | None = None, retention_file: str | None = None) -> dict:
-    t_start = time.time()
-    data = read_context(context_file)
-    given = read_prompts(prompts_file) if prompts_file else None
-    own = data.get("prompts") or data.get("train_prompts")
-    retention = read_qa(retention_file or BUNDLED_RETENTION, "--retention")
-    qa = read_qa(eval_file, "--eval") if eval_file else \
-        (read_qa_items(data["eval"], f"{context_file}: 'eval'") if data.get("eval") else None)
-    context = Context(data["context"], cfg.context_kind)
-    out = Path(out_dir)
+@dataclass
+class Inputs:
+    context: Context
+    prompts: list[str] | None  # --prompts, else the context file's own; None: synthesize them
+    eval_qa: list[dict] | None
+    retention: list[dict]
 
-    accelerator, model, tokenizer, base_path = open_run(cfg, out, resume)
-    header = assistant_header(tokenizer)
-    window = getattr(model.config, "max_position_embeddings", None)
+
+@dataclass
+class Models:
+    accelerator: object
+    model: object  # the student's base model
+    tokenizer: object
+    base_path: str
+    other: object | None  # another model as the teacher (--teacher)
+    live: bool  # the current student is its own teacher
+    window: int
+
+
+@dataclass
+class Queries:
+    texts: list[str]
+    teacher_prompts: dict[str, list[int]]  # context + query
+    student_prompts: dict[str, list[int]]  # the query alone
+
+
+@dataclass
+class Setup:
+    student: object
+    sampler: MergedCopy | None  # a LoRA student samples through a merged copy
+    teacher: Teacher
+    objective: Objective
+    loss: DistillLoss
+
+
+@dataclass
+class Samples:
+    completions: list[list[int]]
+    from_teacher: bool
+    seed: int
+
+
+@dataclass
+class SampleStats:
+    student_samples: int = 0
+    teacher_samples: int = 0
+    generation_seconds: float = 0.0
+
+
+def read_inputs(cfg: OnpolicyConfig, context: list[str] | None, prompts: str | None, eval_qa: str | None,
+                retention: str | None) -> Inputs:
+    if len(context or []) != 1:
+        raise CtxDistillError("The onpolicy recipe takes exactly one --context FILE.")
+    data = read_context(context[0])
+    given = read_prompts(prompts) if prompts else None
+    kept = read_retention(retention)
+    qa = read_qa(eval_qa, "--eval") if eval_qa else \
+        (read_qa_items(data["eval"], f"{context[0]}: 'eval'") if data.get("eval") else None)
+    return Inputs(Context(data["context"], cfg.context_kind), given or data.get("prompts") or data.get("train_prompts"),
+                  qa, kept)
+
+
+def open_models(cfg: OnpolicyConfig, out: Path, resume: bool) -> Models:
     live = cfg.teacher == "live"
-    other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device) \
-        if cfg.teacher and not live else None
     if live and cfg.finetune != "lora":
         raise CtxDistillError("teacher=live reads the context with the student's current weights; it needs "
                               "finetune=lora (a full fine-tune would score with the weights it is updating).")
+    accelerator, model, tokenizer, base_path = open_run(cfg, out, resume)
+    other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device) \
+        if cfg.teacher and not live else None
+    return Models(accelerator, model, tokenizer, base_path, other, live, model_window(model, cfg))
 
-    # 1. Queries.
-    def make_queries():
-        prompts = given or own
+
+def make_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models, out: Path) -> Queries:
+    """The training queries (made once, kept in OUT/data for --resume) and both views of each."""
+    def synthesize():
+        prompts = inputs.prompts or synthesize_queries(
+            models.other if models.other is not None else models.model, models.tokenizer, inputs.context.text,
+            cfg.num_queries, temperature=cfg.query_temperature, batch_size=cfg.gen_batch_size, seed=cfg.seed)
         if not prompts:
-            prompts = synthesize_queries(other if other is not None else model, tokenizer, context.text,
-                                         cfg.num_queries, temperature=cfg.query_temperature,
-                                         batch_size=cfg.gen_batch_size, seed=cfg.seed)
-            if not prompts:
-                raise CtxDistillError("Query synthesis produced no usable queries. Pass --prompts, or put a "
-                                      "'prompts' list in the context file.")
+            raise CtxDistillError("Query synthesis produced no usable queries. Pass --prompts, or put a "
+                                  "'prompts' list in the context file.")
         return [{"prompt": q} for q in prompts]
 
-    queries = [row["prompt"] for row in main_process_writes(accelerator, out / "data" / "queries.jsonl",
-                                                            make_queries)]
-    t_prompts = {q: render_prompt(tokenizer, q, context) for q in queries}
-    s_prompts = {q: render_prompt(tokenizer, q) for q in queries}
-    longest = max(len(p) for p in t_prompts.values()) + cfg.max_new_tokens
-    if window and longest > window:
+    texts = [row["prompt"] for row in main_process_writes(models.accelerator, out / "data" / "queries.jsonl",
+                                                          synthesize)]
+    tokenizer = models.tokenizer
+    queries = Queries(texts, {q: render_prompt(tokenizer, q, inputs.context) for q in texts},
+                      {q: render_prompt(tokenizer, q) for q in texts})
+    longest = max(len(p) for p in queries.teacher_prompts.values()) + cfg.max_new_tokens
+    if longest > models.window:
         raise CtxDistillError(f"Context + query + completion is {longest} tokens, longer than the model window "
-                              f"({window}). Shorten the context or lower max_new_tokens.")
+                              f"({models.window}). Shorten the context or lower max_new_tokens.")
+    return queries
 
-    # 2. Student, sampler, teacher. The context is encoded once for every teacher forward and teacher sample.
-    student = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets) \
-        if cfg.finetune == "lora" else model.requires_grad_(True)
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(student)
+
+def set_up(cfg: OnpolicyConfig, models: Models, queries: Queries) -> Setup:
+    """Student, sampler and teacher. The context is encoded once for every teacher forward and teacher sample."""
+    student = make_student(models.model, cfg)
     sampler = MergedCopy(student) if cfg.finetune == "lora" else None
-    teacher = Teacher(student, frozen_copy=cfg.finetune == "full" and other is None, other=other, live=live)
-    shared = shared_prefix_len(list(t_prompts.values()), [len(p) for p in t_prompts.values()])
-    if cfg.prefix_cache and shared >= 16 and not live:
-        teacher.encode_prefix(next(iter(t_prompts.values()))[:shared])
-    teacher_sampler = other if other is not None else model
+    teacher = Teacher(student, frozen_copy=cfg.finetune == "full" and models.other is None, other=models.other,
+                      live=models.live)
+    if cfg.prefix_cache and not models.live:  # a live teacher's weights change every step: its cache would go stale
+        views = list(queries.teacher_prompts.values())
+        teacher.encode_shared_prefix(views, [len(v) for v in views])
     objective = cfg.build_objective()
-    loss_module = DistillLoss(student, teacher, objective, cfg.chunk_size, cfg.skip_first)
-    stats = {"student_samples": 0, "teacher_samples": 0, "generation_seconds": 0.0}
+    return Setup(student, sampler, teacher, objective,
+                 DistillLoss(student, teacher, objective, cfg.chunk_size, cfg.skip_first))
 
-    def collate(batch_queries: list[str]):
-        """Sample the batch's completions now, from the current weights, and pair them with the teacher view."""
-        t0 = time.time()
-        step_rng = random.Random(f"{cfg.seed}:{stats['student_samples'] + stats['teacher_samples']}")
-        from_teacher = cfg.offline_fraction > 0 and step_rng.random() < cfg.offline_fraction
-        if from_teacher:  # an offline step: the model with the context writes the completions
-            with student.disable_adapter() if cfg.finetune == "lora" and other is None else nullcontext():
-                ys = generate(teacher_sampler, tokenizer, [t_prompts[q] for q in batch_queries],
-                              max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature,
-                              batch_size=cfg.gen_batch_size, show_progress=False, prefix=teacher.prefix,
-                              seed=step_rng.randrange(2**31))
-        else:
-            if sampler is not None:
-                sampler.sync()
-            ys = generate(sampler.model if sampler is not None else student, tokenizer,
-                          [s_prompts[q] for q in batch_queries], max_new_tokens=cfg.max_new_tokens,
-                          temperature=cfg.sample_temperature, batch_size=cfg.gen_batch_size, show_progress=False,
-                          seed=step_rng.randrange(2**31))
-        stats["teacher_samples" if from_teacher else "student_samples"] += len(batch_queries)
-        stats["generation_seconds"] += time.time() - t0
-        pairs = [build_pair(t_prompts[q], s_prompts[q], y, header, window) for q, y in zip(batch_queries, ys) if y]
+
+class SampleCollate:
+    """The train loop's collate: samples a batch's completions now, from the current weights, and pairs each with
+    its teacher view. Sampling here rather than before training is what makes the recipe on-policy."""
+
+    def __init__(self, cfg: OnpolicyConfig, models: Models, queries: Queries, setup: Setup):
+        self.cfg, self.models, self.queries, self.setup = cfg, models, queries, setup
+        self.header = assistant_header(models.tokenizer)
+        self.stats = SampleStats()
+
+    def __call__(self, batch_queries: list[str]) -> PairBatch:
+        samples = self.sample(batch_queries)
+        t_prompts, s_prompts = self.queries.teacher_prompts, self.queries.student_prompts
+        pairs = [build_pair(t_prompts[q], s_prompts[q], y, self.header, self.models.window)
+                 for q, y in zip(batch_queries, samples.completions) if y]
         if not pairs:
             raise CtxDistillError("Every sample of a batch came back empty; check the model and max_new_tokens.")
-        return collate_pairs(pairs, tokenizer.pad_token_id, cfg.skip_first)
+        return collate_pairs(pairs, self.models.tokenizer.pad_token_id, self.cfg.skip_first)
 
-    # 3. Train: one pass over the queries per epoch, fresh samples every step.
-    settings = train_settings(cfg, t_start + cfg.max_minutes * 60 if cfg.max_minutes else None)
-    fingerprint = hashlib.sha256(json.dumps([training_fingerprint_config(cfg), queries, sha256_text(context.text)])
-                                 .encode()).hexdigest()
-    result = train(accelerator, loss_module, queries, collate, settings, out / "checkpoint" / "state.pt",
-                   resume=resume, fingerprint=fingerprint)
+    def sample(self, batch_queries: list[str]) -> Samples:
+        """The batch's completions, from the student, or on an offline step from the model with the context."""
+        t0, stats = time.time(), self.stats
+        # Seeded by the count of samples so far: a step's source and samples do not depend on the training RNG.
+        step_rng = random.Random(f"{self.cfg.seed}:{stats.student_samples + stats.teacher_samples}")
+        from_teacher = self.cfg.offline_fraction > 0 and step_rng.random() < self.cfg.offline_fraction
+        seed = step_rng.randrange(2**31)
+        ys = self._from_teacher(batch_queries, seed) if from_teacher else self._from_student(batch_queries, seed)
+        if from_teacher:
+            stats.teacher_samples += len(batch_queries)
+        else:
+            stats.student_samples += len(batch_queries)
+        stats.generation_seconds += time.time() - t0
+        return Samples(ys, from_teacher, seed)
 
-    # 4. Artifacts and report (main process).
-    summary = {}
-    if accelerator.is_main_process:
-        student.eval()
-        save_trained(student, tokenizer, out, cfg.finetune)
-        t_eval = time.time()
-        evaluation = evaluate(student, tokenizer, context, qa, retention, cfg.eval_max_new_tokens,
-                              teacher_model=other) if qa and cfg.finetune == "lora" else None
-        metrics = {"train_steps": result.steps_done, "total_steps": result.total_steps,
-                   "stopped_by_budget": result.stopped_by_budget, "final_loss": result.final_loss,
-                   "train_seconds": round(result.seconds - stats["generation_seconds"], 1),
-                   "generation_seconds": round(stats["generation_seconds"], 1),
-                   "student_samples": stats["student_samples"], "teacher_samples": stats["teacher_samples"],
-                   "eval_seconds": round(time.time() - t_eval, 1), "total_seconds": round(time.time() - t_start, 1),
-                   "loss_history": result.loss_history}
-        if evaluation:
-            metrics["evaluation"] = evaluation
-        write_manifest(out, {"recipe": "onpolicy", "base_model": cfg.model, "base_model_path": base_path,
-                             "context_sha256": [sha256_text(context.text)], "context_kind": cfg.context_kind,
-                             "config": cfg.to_dict(), "data": {"queries": len(queries)}, "metrics": metrics})
-        teacher_name = "live student" if live else (cfg.teacher or "base model, adapter off")
-        lines = [f"- base model: `{cfg.model}`; teacher: {teacher_name}, with the context as {cfg.context_kind}",
-                 f"- objective: {dict(objective.terms)}, top-k {objective.top_k or 'full vocabulary'} "
-                 f"({objective.support}, {objective.tail}); offline_fraction {cfg.offline_fraction}",
-                 f"- training: {result.steps_done}/{result.total_steps} steps on {len(queries)} queries, "
-                 f"{stats['student_samples']} student samples + {stats['teacher_samples']} teacher samples, "
-                 f"final loss {result.final_loss:.4f}" + (" (stopped by the time budget)"
-                                                          if result.stopped_by_budget else ""),
-                 f"- time: sampling {stats['generation_seconds']:.0f}s, the rest of training "
-                 f"{result.seconds - stats['generation_seconds']:.0f}s, total {time.time() - t_start:.0f}s"]
-        write_report(out, "on-policy context distillation", lines, evaluation, result.loss_history)
-        summary = {"evaluation": evaluation, "metrics": metrics,
-                   "table": results_table(evaluation) if evaluation else ""}
-    accelerator.wait_for_everyone()
-    return summary
+    def _generate(self, model, prompts: list[list[int]], seed: int, prefix=None) -> list[list[int]]:
+        cfg = self.cfg
+        return generate(model, self.models.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                        temperature=cfg.sample_temperature, batch_size=cfg.gen_batch_size, show_progress=False,
+                        prefix=prefix, seed=seed)
 
+    def _from_teacher(self, batch_queries: list[str], seed: int) -> list[list[int]]:
+        other, student = self.models.other, self.setup.student
+        # The base model carries the student's LoRA layers in place: switch them off to sample as the teacher.
+        with student.disable_adapter() if self.cfg.finetune == "lora" and other is None else nullcontext():
+            return self._generate(other if other is not None else self.models.model,
+                                  [self.queries.teacher_prompts[q] for q in batch_queries], seed,
+                                  prefix=self.setup.teacher.prefix)
+
+    def _from_student(self, batch_queries: list[str], seed: int) -> list[list[int]]:
+        sampler = self.setup.sampler
+        if sampler is not None:
+            sampler.sync()
+        return self._generate(sampler.model if sampler is not None else self.setup.student,
+                              [self.queries.student_prompts[q] for q in batch_queries], seed)
+
+
+def train_student(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries: Queries, setup: Setup,
+                  collate: SampleCollate, out: Path, resume: bool, t_start: float) -> TrainResult:
+    """One pass over the queries per epoch, fresh samples every step."""
+    key = fingerprint(training_fingerprint_config(cfg), queries.texts, sha256_text(inputs.context.text))
+    return train(models.accelerator, setup.loss, queries.texts, collate,
+                 train_settings(cfg, budget_deadline(cfg, t_start)), out / "checkpoint" / "state.pt",
+                 resume=resume, fingerprint=key)
+
+
+def run_metrics(result: TrainResult, stats: SampleStats, t_eval: float, t_start: float) -> dict:
+    return {"train_steps": result.steps_done, "total_steps": result.total_steps,
+            "stopped_by_budget": result.stopped_by_budget, "final_loss": result.final_loss,
+            "train_seconds": round(result.seconds - stats.generation_seconds, 1),
+            "generation_seconds": round(stats.generation_seconds, 1),
+            "student_samples": stats.student_samples, "teacher_samples": stats.teacher_samples,
+            "eval_seconds": round(time.time() - t_eval, 1), "total_seconds": round(time.time() - t_start, 1),
+            "loss_history": result.loss_history}
+
+
+def report_lines(cfg: OnpolicyConfig, objective: Objective, result: TrainResult, stats: SampleStats,
+                 n_queries: int, t_start: float) -> list[str]:
+    teacher_name = "live student" if cfg.teacher == "live" else (cfg.teacher or "base model, adapter off")
+    return [f"- base model: `{cfg.model}`; teacher: {teacher_name}, with the context as {cfg.context_kind}",
+            f"- objective: {dict(objective.terms)}, top-k {objective.top_k or 'full vocabulary'} "
+            f"({objective.support}, {objective.tail}); offline_fraction {cfg.offline_fraction}",
+            f"- training: {result.steps_done}/{result.total_steps} steps on {n_queries} queries, "
+            f"{stats.student_samples} student samples + {stats.teacher_samples} teacher samples, "
+            f"final loss {result.final_loss:.4f}" + (" (stopped by the time budget)"
+                                                     if result.stopped_by_budget else ""),
+            f"- time: sampling {stats.generation_seconds:.0f}s, the rest of training "
+            f"{result.seconds - stats.generation_seconds:.0f}s, total {time.time() - t_start:.0f}s"]
+
+
+def write_artifacts(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries: Queries, setup: Setup,
+                    result: TrainResult, stats: SampleStats, out: Path, t_start: float) -> RunResult:
+    """Adapter, the evaluation (LoRA only: it compares the adapter on and off), manifest and report."""
+    student = setup.student
+    student.eval()
+    save_trained(student, models.tokenizer, out, cfg.finetune)
+    t_eval = time.time()
+    evaluation = evaluate(student, models.tokenizer, inputs.context, inputs.eval_qa, inputs.retention,
+                          cfg.eval_max_new_tokens, teacher_model=models.other) \
+        if inputs.eval_qa and cfg.finetune == "lora" else None
+    metrics = run_metrics(result, stats, t_eval, t_start)
+    if evaluation:
+        metrics["evaluation"] = evaluation
+    write_manifest(out, {"recipe": "onpolicy", "base_model": cfg.model, "base_model_path": models.base_path,
+                         "context_sha256": [sha256_text(inputs.context.text)], "context_kind": cfg.context_kind,
+                         "config": cfg.to_dict(), "data": {"queries": len(queries.texts)}, "metrics": metrics})
+    write_report(out, "on-policy context distillation",
+                 report_lines(cfg, setup.objective, result, stats, len(queries.texts), t_start), evaluation,
+                 result.loss_history)
+    return RunResult(out, ARTIFACTS, metrics, results_table(evaluation) if evaluation else "", NO_TABLE)
+
+
+def run(cfg: OnpolicyConfig, out: str, resume: bool = False, *, context: list[str] | None = None,
+        prompts: str | None = None, eval_qa: str | None = None, retention: str | None = None) -> RunResult | None:
+    """Returns the result on the main process, None on the others."""
+    t_start, out_dir = time.time(), Path(out)
+    inputs = read_inputs(cfg, context, prompts, eval_qa, retention)
+    models = open_models(cfg, out_dir, resume)
+    queries = make_queries(cfg, inputs, models, out_dir)
+    setup = set_up(cfg, models, queries)
+    collate = SampleCollate(cfg, models, queries, setup)
+    result = train_student(cfg, inputs, models, queries, setup, collate, out_dir, resume, t_start)
+    done = write_artifacts(cfg, inputs, models, queries, setup, result, collate.stats, out_dir, t_start) \
+        if models.accelerator.is_main_process else None
+    models.accelerator.wait_for_everyone()
+    return done
+
+
+RECIPES = [Recipe("onpolicy", "on-policy context distillation: the student learns from its own samples (OPCD)",
+                  OnpolicyConfig, ("context", "prompts", "eval_qa", "retention"), run)]
