@@ -21,7 +21,7 @@ INPUT_FLAGS = {  # a recipe's `run` keyword -> its `distill` flag and argparse s
                                                           "evaluated after each")),
     "qa": ("--qa", dict(help="more QA, {\"q\", \"a\", optional \"doc\": id} (documents' own \"qa\" are used too)")),
     "per_document": ("--per-document", dict(action="store_true", help="knowledge: one module per document "
-                                                                      "(OUT/modules/...) instead of one for the corpus")),
+                                            "(OUT/modules/...) instead of one for the corpus")),
     "tasks": ("--tasks", dict(help='experience: .jsonl of {"prompt", "answer"}')),
     "checker": ("--checker", dict(help="experience: exact | contains | number | regex | module:function(prompt, "
                                        "response, answer) -> bool")),
@@ -153,15 +153,7 @@ def _eval_knowledge(args) -> None:
     from ctxdistill.data.documents import gather_qa, read_documents
     from ctxdistill.data.inputs import read_retention
     from ctxdistill.eval.evaluation import DriftProbe
-    from ctxdistill.eval.knowledge_eval import (
-        base_rows,
-        knowledge_result,
-        knowledge_table,
-        module_rows,
-        question_set,
-        retention_rows,
-        write_knowledge_report,
-    )
+    from ctxdistill.eval import knowledge_eval
 
     if not args.adapter:
         raise CtxDistillError("eval --docs needs at least one --adapter (a module folder).")
@@ -172,17 +164,18 @@ def _eval_knowledge(args) -> None:
     retention = read_retention(args.retention)
     model, tok = _load_with_adapters(args.model, args.adapter)
     chunks = [c for d in docs for c in chunk_document(tok, d.id, d.text, args.chunk_tokens, args.chunk_overlap)]
-    qs = question_set(items, {d.id: d.text for d in docs}, chunks, args.top_k)
+    qs = knowledge_eval.question_set(items, {d.id: d.text for d in docs}, chunks, args.top_k)
     probe = DriftProbe(model, tok, retention, args.max_new_tokens)
-    rows = {**base_rows(model, tok, qs, args.max_new_tokens), **module_rows(model, tok, qs, args.max_new_tokens)}
+    rows = {**knowledge_eval.base_rows(model, tok, qs, args.max_new_tokens),
+            **knowledge_eval.module_rows(model, tok, qs, args.max_new_tokens)}
     kept = probe.measure(model)
-    result = knowledge_result(qs, rows, retention_rows(probe, [kept]))
-    print(knowledge_table(result))
+    result = knowledge_eval.knowledge_result(qs, rows, knowledge_eval.retention_rows(probe, [kept]))
+    print(knowledge_eval.knowledge_table(result))
     if args.out:
         out = Path(args.out)
         lines = [f"- modules: {', '.join(f'`{a}`' for a in args.adapter)}", f"- documents: `{args.docs}`, "
                  f"{len(chunks)} chunks; retrieval: BM25, top {args.top_k}"]
-        write_knowledge_report(out, "Knowledge modules: evaluation", lines, result)
+        knowledge_eval.write_knowledge_report(out, "Knowledge modules: evaluation", lines, result)
         atomic_write_json(out / "eval.json", result)
         print(f"\nWritten {out}/report.md, report.png and eval.json")
 
