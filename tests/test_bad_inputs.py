@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
 
 from ctxdistill import CtxDistillError
 from ctxdistill.cli import main
-from ctxdistill.config import load_config, parse_set
 from ctxdistill.core.models import load_tokenizer, pick_dtype, resolve_model
 from ctxdistill.core.pairs import (
     Context,
