@@ -39,14 +39,13 @@ def test_the_lean_decoder_matches_transformers_generate_greedy(tokenizer, tiny_m
     assert [y[:10] for y in ours] == [r[width:width + len(y)].tolist() for r, y in zip(ref, ours)]
 
 
-def test_sampling_follows_the_distribution_and_top_p_cuts_the_tail():
+def test_sampling_follows_the_distribution():
     from ctxdistill.core.generation import sample_next
 
     torch.manual_seed(0)
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(20000, 4)
     counts = torch.bincount(sample_next(logits, 1.0), minlength=4) / 20000
     torch.testing.assert_close(counts, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.015, rtol=0)
-    assert set(sample_next(logits, 1.0, top_p=0.7).tolist()) == {0, 1}
     assert sample_next(logits, 0.0).unique().tolist() == [0]
 
 

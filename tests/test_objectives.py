@@ -18,7 +18,6 @@ from ctxdistill.core.objectives import (
     forward_kl,
     head_loss,
     hidden_state_term,
-    sft,
 )
 
 V = 101
@@ -163,7 +162,7 @@ def test_composed_terms_with_weights_and_sft():
     obj = Objective({"forward_kl": 0.7, "reverse_kl": 0.2, "sft": 0.1}, top_k=9, support="union", tail="bucket")
     check_against_naive(obj, chunk_size=5)
     s_h, _, s_head, _, labels = make()
-    torch.testing.assert_close(sft(s_h, s_head, labels, chunk_size=8),
+    torch.testing.assert_close(head_loss(s_h, s_head, None, labels, Objective({"sft": 1.0}), chunk_size=8),
                                F.cross_entropy(s_h @ s_head.weight.T, labels, reduction="sum"))
 
 
@@ -294,6 +293,9 @@ def test_ensemble_loss_uses_posterior_weights_by_default(tokenizer):
     views = [render_prompt(tokenizer, "Who are you?", Context(c)) for c in ("Your name is Zorblax.", "Be terse.")]
     pair = build_pair(views[0], render_prompt(tokenizer, "Who are you?"), y, header, more_teacher_prompts=views[1:])
     batch = collate_pairs([pair], tokenizer.pad_token_id)
-    posterior = DistillLoss(student, Teacher(student))(batch)[0]
+    default = DistillLoss(student, Teacher(student))(batch)[0]
+    posterior = DistillLoss(student, Teacher(student), ensemble_weighting="posterior")(batch)[0]
     uniform = DistillLoss(student, Teacher(student), ensemble_weighting="uniform")(batch)[0]
-    assert torch.isfinite(posterior) and not torch.isclose(posterior, uniform)
+    assert torch.isfinite(posterior)
+    torch.testing.assert_close(default, posterior)
+    assert not torch.isclose(default, uniform)

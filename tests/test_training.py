@@ -1,6 +1,7 @@
 """The training loop: learns, resumes exactly, survives a kill, and gives the same result on two processes."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from ctxdistill.core.models import add_lora
 from ctxdistill.core.objectives import Objective
 from ctxdistill.core.pairs import Context, assistant_header, build_pair, render_prompt
 from ctxdistill.core.teacher import Teacher
-from ctxdistill.core.training import TrainSettings, step_examples, train
+from ctxdistill.core.training import TrainSettings, make_scheduler, step_examples, train
 
 
 def make_pairs(tokenizer, n=8):
@@ -44,6 +45,39 @@ def test_step_examples_cover_each_epoch_once_and_depend_only_on_seed_and_step():
     first_epoch = [i for s in range(4) for i in step_examples(s, 8, 2, seed=3)]
     assert sorted(first_epoch) == list(range(8))
     assert step_examples(5, 8, 2, seed=3) == step_examples(5, 8, 2, seed=3) != step_examples(5, 8, 2, seed=4)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_the_schedule_warms_up_from_the_first_step_and_resumes_exactly(schedule):
+    """The learning rate of each of 10 steps with 3 warm-up steps (the first step already learns), and the same
+    rates after the scheduler's state is saved at step 4 and loaded into a fresh one (a resume)."""
+    settings, total, warmup = TrainSettings(lr=0.5, warmup_ratio=0.3, schedule=schedule), 10, 3
+    after = {"cosine": lambda p: 0.5 * (1 + math.cos(math.pi * p)), "linear": lambda p: 1 - p,
+             "constant": lambda p: 1.0}[schedule]
+    expected = [0.5 * ((i + 1) / (warmup + 1) if i < warmup else after((i - warmup) / (total - warmup)))
+                for i in range(total)]
+
+    def fresh():
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=settings.lr)
+        return optimizer, make_scheduler(optimizer, settings, total)
+
+    optimizer, scheduler = fresh()
+    rates, saved = [], None
+    for i in range(total):
+        if i == 4:
+            saved = scheduler.state_dict()
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx(expected, rel=1e-12)
+    optimizer, scheduler = fresh()
+    scheduler.load_state_dict(saved)
+    resumed = []
+    for _ in range(4, total):
+        resumed.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert resumed == rates[4:]
 
 
 @pytest.mark.parametrize("objective", ["forward_kl", "sft", "reverse_kl",

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
+# Below this many shared tokens, encoding a prefix once costs more than it saves.
+MIN_SHARED_PREFIX = 16
+
 
 def base_model(model):
     """The transformers model under a PEFT wrapper (LoRA layers stay injected), or the model itself."""
@@ -47,7 +50,7 @@ def encode_prefix(model, ids: list[int]) -> PrefixKV:
     """The KV cache of `ids` under `model`'s current weights, for views (or samples) that all start with them."""
     device = next(model.parameters()).device
     out = base_model(model).get_decoder()(input_ids=torch.tensor([list(ids)], device=device), use_cache=True)
-    cache = out.past_key_values
+    cache = out.cache
     layers = [(layer.keys, layer.values) for layer in cache.layers] if hasattr(cache, "layers") else list(cache)
     return PrefixKV(list(ids), layers)
 
@@ -66,7 +69,7 @@ def decoder_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         ones = torch.ones((b, p), dtype=attention_mask.dtype, device=attention_mask.device)
         positions = torch.arange(p, p + length, device=input_ids.device)
         kwargs.update(attention_mask=torch.cat([ones, attention_mask], 1), position_ids=positions.expand(b, -1),
-                      past_key_values=prefix.expand(b, decoder.config), cache_position=positions)
+                      cache=prefix.expand(b, decoder.config))
     out = decoder(**kwargs)
     layers = list(out.hidden_states[1:]) if all_layers else None  # [0] is the embeddings
     return out.last_hidden_state, layers

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -162,7 +163,9 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, targets=
 
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft itself reads transformers' deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(model, config)
     except ValueError as e:
         raise CtxDistillError(f"Could not add LoRA with target modules {targets!r}: {e}. Use 'all-linear' or names "
                               "of the model's linear layers (e.g. [q_proj, v_proj]).") from e
@@ -171,7 +174,7 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, targets=
 def enable_gradient_checkpointing(model) -> None:
     """Keep only each decoder layer's input for the backward and recompute the rest: less memory, ~1/3 more compute."""
     target = base_model(model)
-    target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    target.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def load_adapter(model, path: str, trainable: bool = False):

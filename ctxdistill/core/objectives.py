@@ -111,7 +111,7 @@ class TeacherTopK:
 def token_logprobs(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
                    chunk_size: int = 256) -> torch.Tensor:
     """log p(label) at each row (T=1, fp32), projected chunk by chunk: N."""
-    out = [_project(hidden[s:s + chunk_size], head, torch.float32).log_softmax(-1)
+    out = [project(hidden[s:s + chunk_size], head, torch.float32).log_softmax(-1)
            .gather(1, labels[s:s + chunk_size, None]).squeeze(1) for s in range(0, hidden.shape[0], chunk_size)]
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
@@ -227,11 +227,11 @@ def chunk_loss(obj: Objective, s_logits: torch.Tensor, teacher, labels: torch.Te
     t_z = t_full = None
     if isinstance(teacher, TeacherLogits):
         with torch.no_grad():
-            t_z = _project(teacher.hidden, teacher.head, s_logits.dtype, compute_dtype) / T
+            t_z = project(teacher.hidden, teacher.head, s_logits.dtype, compute_dtype) / T
             t_full = torch.log_softmax(t_z, -1)
     elif isinstance(teacher, TeacherMixture):
         with torch.no_grad():  # log of the mean probability; as normalized log-probs it also serves as the "logits"
-            views = torch.stack([torch.log_softmax(_project(h, teacher.head, s_logits.dtype, compute_dtype) / T, -1)
+            views = torch.stack([torch.log_softmax(project(h, teacher.head, s_logits.dtype, compute_dtype) / T, -1)
                                  for h in teacher.hiddens])
             if teacher.weights is None:
                 t_full = torch.logsumexp(views, 0) - math.log(len(teacher.hiddens))
@@ -273,8 +273,8 @@ def _compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
     return dtype
 
 
-def _project(h: torch.Tensor, head: torch.nn.Module, out_dtype: torch.dtype,
-             compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+def project(h: torch.Tensor, head: torch.nn.Module, out_dtype: torch.dtype,
+            compute_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Logits of some rows in the compute dtype (bf16 under autocast), returned in `out_dtype` (fp32 or fp64)."""
     cd = compute_dtype or _compute_dtype(h.device, h.dtype)
     bias = getattr(head, "bias", None)
@@ -382,15 +382,10 @@ def hidden_state_term(student_layers: list[torch.Tensor], teacher_layers: list[t
     return total / len(student_layers)
 
 
-# ---- simple entry points, kept for callers that need one term ----
+# ---- a simple entry point, for callers that need just this term (evaluation) ----
 
 def forward_kl(student_h, student_head, teacher_h, teacher_head, temperature: float = 1.0, top_k: int = 0,
                chunk_size: int = 256) -> torch.Tensor:
     """Σ over rows of KL(teacher ‖ student) at `temperature`, on the full vocabulary or the teacher's top-k."""
     obj = Objective({"forward_kl": 1.0}, temperature=temperature, top_k=top_k)
     return head_loss(student_h, student_head, TeacherLogits(teacher_h, teacher_head), None, obj, chunk_size)
-
-
-def sft(student_h, student_head, labels, chunk_size: int = 256) -> torch.Tensor:
-    """Σ over rows of the cross-entropy of the completion ids (hard labels)."""
-    return head_loss(student_h, student_head, None, labels, Objective({"sft": 1.0}), chunk_size)

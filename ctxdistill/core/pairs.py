@@ -97,12 +97,11 @@ def check_tokenizers_match(teacher_tok, student_tok) -> None:
                               ". Use a teacher from the same model family (same tokenizer and chat template).")
 
 
-def completion_logit_positions(prompt_len: int, completion_len: int, left_pad: int = 0) -> range:
+def completion_logit_positions(prompt_len: int, completion_len: int) -> range:
     """Positions whose logits predict y[0], ..., y[n-1]: the last prompt position predicts y[0]."""
     if prompt_len < 1:
         raise ValueError("a prompt needs at least one token to predict the completion from")
-    start = left_pad + prompt_len - 1
-    return range(start, start + completion_len)
+    return range(prompt_len - 1, prompt_len - 1 + completion_len)
 
 
 @dataclass

@@ -20,8 +20,19 @@ from dataclasses import dataclass
 import torch
 
 from ctxdistill import CtxDistillError
-from ctxdistill.core.forward import PrefixKV, base_model, decoder_states, encode_prefix, output_head, shared_prefix_len
+from ctxdistill.core.forward import (
+    MIN_SHARED_PREFIX,
+    PrefixKV,
+    base_model,
+    decoder_states,
+    encode_prefix,
+    output_head,
+    shared_prefix_len,
+)
 from ctxdistill.core.pairs import pad_right
+
+# Tokens of context KV cache an ensemble teacher keeps across batches (least recently used dropped first).
+CONTEXT_CACHE_TOKENS = 16384
 
 
 def load_teacher_model(name: str, student_tokenizer, dtype: str, device):
@@ -38,7 +49,7 @@ class Teacher:
     """Scores views with frozen weights: the adapter-disabled student, a frozen copy, or another model."""
 
     def __init__(self, student, frozen_copy: bool = False, other=None, live: bool = False,
-                 context_cache_tokens: int = 16384):
+                 context_cache_tokens: int = CONTEXT_CACHE_TOKENS):
         self.student = student
         self.live = live  # the student's current weights, adapter on (no gradient flows through the teacher)
         self.copy = None
@@ -69,11 +80,10 @@ class Teacher:
         finally:
             model.train(was_training)
 
-    def encode_shared_prefix(self, sequences: list[list[int]], prompt_lens: list[int],
-                             min_len: int = 16) -> PrefixKV | None:
+    def encode_shared_prefix(self, sequences: list[list[int]], prompt_lens: list[int]) -> PrefixKV | None:
         """Encode the longest prefix all teacher views share (the context), if it is worth it."""
         n = shared_prefix_len(sequences, prompt_lens)
-        return self.encode_prefix(sequences[0][:n]) if n >= min_len else None
+        return self.encode_prefix(sequences[0][:n]) if n >= MIN_SHARED_PREFIX else None
 
     def encode_prefix(self, ids: list[int]) -> PrefixKV | None:
         """Encode the shared prefix once; later `states` calls on views that start with it skip it."""
@@ -126,7 +136,7 @@ class Teacher:
             for v, (ids, n) in enumerate(pair.teacher_views):
                 cache = pair.query_span and not self.live and self.context_cache_tokens > 0
                 split = n - pair.query_span[0] - 1 if cache else 0
-                views[(v, b)] = (ids, n, tuple(ids[:split]) if split >= 16 else ())
+                views[(v, b)] = (ids, n, tuple(ids[:split]) if split >= MIN_SHARED_PREFIX else ())
         uses = Counter(key for _, _, key in views.values())
         groups: dict[tuple, list] = {}
         for (v, b), (_, _, key) in views.items():

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ctxdistill import CtxDistillError
-from ctxdistill.core.objectives import TeacherTopK, _project
+from ctxdistill.core.objectives import TeacherTopK, project
 from ctxdistill.core.pairs import Pair, completion_rows, pad_right
 
 
@@ -88,7 +88,7 @@ def build_topk_cache(path: Path, teacher, pairs: list[Pair], k: int, temperature
             hidden = final[b_idx.to(device), (pos - offset).to(device)]
             vals, top = [], []
             for c in range(0, hidden.shape[0], chunk_size):
-                logits = _project(hidden[c:c + chunk_size], teacher.head, torch.float32)
+                logits = project(hidden[c:c + chunk_size], teacher.head, torch.float32)
                 v, t = torch.log_softmax(logits / temperature, -1).topk(k, -1)
                 vals.append(v.cpu())
                 top.append(t.cpu())

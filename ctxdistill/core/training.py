@@ -106,6 +106,39 @@ def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in module.named_parameters() if p.requires_grad}
 
 
+def _load_checkpoint(path: Path, fingerprint: str, loss_module, optimizer, scheduler) -> tuple[int, list[float]]:
+    """Restore the trainable weights, optimizer, schedule and RNG of a checkpoint; (its step, its loss history)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("fingerprint") != fingerprint:
+        raise CtxDistillError(f"The checkpoint {path} was written by a run with another config or "
+                              "data. Resume with the same settings, or use a new --out directory.")
+    named = dict(loss_module.named_parameters())
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            named[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    return state["step"], state["loss_history"]
+
+
+def _forward_backward(accelerator, model, batches: list, rows_in: Callable) -> tuple[float, int]:
+    """Accumulate the gradients of one step's micro-batches; (the step's mean loss per row, input tokens here)."""
+    world = accelerator.num_processes
+    local = torch.tensor(float(sum(rows_in(b) for b in batches)), device=accelerator.device)
+    step_tokens = max(1, int(accelerator.reduce(local, reduction="sum")))
+    loss_sum, tokens = torch.zeros((), device=accelerator.device), 0
+    for j, batch in enumerate(batches):
+        sync = accelerator.no_sync(model) if j < len(batches) - 1 else nullcontext()
+        with sync, accelerator.autocast():
+            batch_loss, n_input_tokens = model(batch)
+            # Token average over the whole step; DDP averages gradients over processes, hence × world.
+            accelerator.backward(batch_loss / step_tokens * world)
+        loss_sum += batch_loss.detach().float()
+        tokens += int(n_input_tokens)
+    return float(accelerator.reduce(loss_sum, reduction="sum")) / step_tokens, tokens
+
+
 def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate: Callable, s: TrainSettings,
           checkpoint_path: Path, resume: bool = False, fingerprint: str = "",
           loss_rows: Callable | None = None) -> TrainResult:
@@ -126,18 +159,7 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
 
     start_step, history = 0, []
     if resume and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        if state.get("fingerprint") != fingerprint:
-            raise CtxDistillError(f"The checkpoint {checkpoint_path} was written by a run with another config or "
-                                  "data. Resume with the same settings, or use a new --out directory.")
-        named = dict(loss_module.named_parameters())
-        with torch.no_grad():
-            for name, value in state["trainable"].items():
-                named[name].copy_(value)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        start_step, history = state["step"], state["loss_history"]
+        start_step, history = _load_checkpoint(checkpoint_path, fingerprint, loss_module, optimizer, scheduler)
         accelerator.print(f"Resuming from step {start_step}/{total} ({checkpoint_path}).")
 
     model, optimizer = accelerator.prepare(loss_module, optimizer)  # the scheduler is ours: one step per update
@@ -162,18 +184,8 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
         ids = step_examples(step, len(examples), s.batch_size, s.seed)
         mine = [ids[j:j + micro] for j in range(0, len(ids), micro)][rank::world]  # this process's micro-batches
         batches = [collate([examples[i] for i in batch_ids]) for batch_ids in mine]
-        local = torch.tensor(float(sum(rows_in(b) for b in batches)), device=accelerator.device)
-        step_tokens = max(1, int(accelerator.reduce(local, reduction="sum")))
-        loss_sum = torch.zeros((), device=accelerator.device)
-        for j, batch in enumerate(batches):
-            sync = accelerator.no_sync(model) if j < len(batches) - 1 else nullcontext()
-            with sync, accelerator.autocast():
-                batch_loss, n_input_tokens = model(batch)
-                # Token average over the whole step; DDP averages gradients over processes, hence × world.
-                accelerator.backward(batch_loss / step_tokens * world)
-            loss_sum += batch_loss.detach().float()
-            tokens_seen += int(n_input_tokens)
-        step_loss = float(accelerator.reduce(loss_sum, reduction="sum")) / step_tokens
+        step_loss, n_input_tokens = _forward_backward(accelerator, model, batches, rows_in)
+        tokens_seen += n_input_tokens
         if not math.isfinite(step_loss):
             bar.close()
             kept = (f"The last checkpoint ({checkpoint_path}) is intact" if checkpoint_path.exists()

@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ctxdistill.core.files import atomic_write_json
-from ctxdistill.core.forward import encode_prefix, shared_prefix_len
+from ctxdistill.core.forward import MIN_SHARED_PREFIX, encode_prefix, shared_prefix_len
 from ctxdistill.core.generation import generate
 from ctxdistill.core.pairs import Context, render_prompt
 from ctxdistill.data.chunks import Chunk
@@ -87,7 +87,7 @@ def _cache_key(model_id: str, chunk: Chunk, settings: SynthSettings) -> str:
 def _sample(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float, seed: int,
             batch_size: int) -> list[list[int]]:
     shared = shared_prefix_len(prompts, [len(p) for p in prompts])
-    prefix = encode_prefix(model, prompts[0][:shared]) if shared >= 16 else None  # the chunk, encoded once
+    prefix = encode_prefix(model, prompts[0][:shared]) if shared >= MIN_SHARED_PREFIX else None  # the chunk, encoded once
     return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
                     batch_size=batch_size, seed=seed, show_progress=False, prefix=prefix)
 

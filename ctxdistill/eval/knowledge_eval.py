@@ -122,11 +122,10 @@ def plot_knowledge(path: Path, result: dict, labels: dict[str, str] | None = Non
     os.replace(tmp, path)
 
 
-def write_knowledge_report(out: Path, title: str, lines: list[str], result: dict,
-                           labels: dict[str, str] | None = None, stem: str = "report") -> str:
+def write_knowledge_report(out: Path, title: str, lines: list[str], result: dict) -> str:
     out.mkdir(parents=True, exist_ok=True)
-    plot_knowledge(out / f"{stem}.png", result, labels)
-    text = "\n".join([f"# {title}", "", *lines, "", knowledge_table(result, labels), "", f"![knowledge]({stem}.png)",
-                      "", "## Answers", "", answers_table(result, {**ROWS, **(labels or {})}), ""])
-    atomic_write_text(out / f"{stem}.md", text)
+    plot_knowledge(out / "report.png", result)
+    text = "\n".join([f"# {title}", "", *lines, "", knowledge_table(result), "", "![knowledge](report.png)",
+                      "", "## Answers", "", answers_table(result, ROWS), ""])
+    atomic_write_text(out / "report.md", text)
     return text
