@@ -91,7 +91,11 @@ def share_budget(deadline_at: float | None, planned: list[float]) -> float | Non
 
 
 def make_student(model, cfg):
-    """The trainable student: a fresh LoRA adapter on the model, or the model itself for full fine-tuning."""
+    """The trainable student: a fresh LoRA adapter on the model, or the model itself for full fine-tuning.
+
+    The adapter's initial weights come from `cfg.seed`, not from whatever the run drew before (measured: a knowledge
+    module started differently when its synthetic data came from the cache instead of being sampled)."""
+    torch.manual_seed(cfg.seed)
     student = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets) \
         if cfg.finetune == "lora" else model.requires_grad_(True)
     if cfg.gradient_checkpointing:
