@@ -380,6 +380,14 @@ class _Example:
     completion_len = 3
 
 
+class _MicroBatch(list):
+    """Collated fake examples; the loop counts the loss rows of a micro-batch by its `labels` (one per example)."""
+
+    @property
+    def labels(self):
+        return self
+
+
 class _LossThatDiverges(torch.nn.Module):
     """forward(batch) → (summed loss, tokens): finite for the first `finite_calls` micro-batches, then NaN."""
 
@@ -404,8 +412,8 @@ def test_nan_loss_stops_training_and_keeps_the_checkpoint(tmp_path, fresh_accele
     ckpt = tmp_path / "checkpoint" / "state.pt"
     settings = TrainSettings(lr=0.01, batch_size=2, micro_batch_size=2, max_steps=10, checkpoint_every=1)
     with pytest.raises(CtxDistillError) as e:
-        train(Accelerator(cpu=True), _LossThatDiverges(finite_calls=2), [_Example()] * 4, lambda b: b, settings,
-              ckpt, fingerprint="fp", loss_rows=len)
+        train(Accelerator(cpu=True), _LossThatDiverges(finite_calls=2), [_Example()] * 4, _MicroBatch, settings,
+              ckpt, fingerprint="fp")
     msg = str(e.value)
     assert "nan" in msg.lower() and "step 2" in msg and "diverged" in msg
     assert "checkpoint" in msg and str(ckpt) in msg
@@ -423,8 +431,7 @@ def test_batch_size_not_a_multiple_of_micro_batch_size(tmp_path, fresh_accelerat
     module = _LossThatDiverges(finite_calls=10**6)
     settings = TrainSettings(batch_size=12, micro_batch_size=8, max_steps=1)
     with pytest.raises(CtxDistillError) as e:
-        train(Accelerator(cpu=True), module, [_Example()] * 4, lambda b: b, settings, tmp_path / "state.pt",
-              loss_rows=len)
+        train(Accelerator(cpu=True), module, [_Example()] * 4, _MicroBatch, settings, tmp_path / "state.pt")
     msg = str(e.value)
     assert "12" in msg and "multiple of micro_batch_size (8)" in msg
     assert "--set batch_size=" in msg and "micro_batch_size=" in msg
@@ -437,8 +444,7 @@ def test_no_training_examples(tmp_path, fresh_accelerate):
     from ctxdistill.core.training import TrainSettings, train
 
     with pytest.raises(CtxDistillError, match="No training examples.*Check the prompts"):
-        train(Accelerator(cpu=True), _LossThatDiverges(1), [], lambda b: b, TrainSettings(), tmp_path / "s.pt",
-              loss_rows=len)
+        train(Accelerator(cpu=True), _LossThatDiverges(1), [], _MicroBatch, TrainSettings(), tmp_path / "s.pt")
 
 
 def test_resume_with_a_checkpoint_from_other_settings(tmp_path, fresh_accelerate):
@@ -448,11 +454,11 @@ def test_resume_with_a_checkpoint_from_other_settings(tmp_path, fresh_accelerate
 
     ckpt = tmp_path / "state.pt"
     settings = TrainSettings(batch_size=2, micro_batch_size=2, max_steps=1)
-    train(Accelerator(cpu=True), _LossThatDiverges(10**6), [_Example()] * 2, lambda b: b, settings, ckpt,
-          fingerprint="run-a", loss_rows=len)
+    train(Accelerator(cpu=True), _LossThatDiverges(10**6), [_Example()] * 2, _MicroBatch, settings, ckpt,
+          fingerprint="run-a")
     with pytest.raises(CtxDistillError) as e:
-        train(Accelerator(cpu=True), _LossThatDiverges(10**6), [_Example()] * 2, lambda b: b, settings, ckpt,
-              resume=True, fingerprint="run-b", loss_rows=len)
+        train(Accelerator(cpu=True), _LossThatDiverges(10**6), [_Example()] * 2, _MicroBatch, settings, ckpt,
+              resume=True, fingerprint="run-b")
     msg = str(e.value)
     assert "another config or data" in msg and str(ckpt) in msg
     assert "same settings" in msg and "new --out" in msg

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -157,14 +158,22 @@ def load_model(name_or_path: str, dtype: str = "auto", device: str | torch.devic
     return model, load_tokenizer(name_or_path), path
 
 
+@contextmanager
+def peft_quietly():
+    """peft reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model; that warning is theirs
+    to fix, and a newcomer's run should print the project's output only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.0, targets="all-linear"):
     """Wrap with a fresh PEFT LoRA adapter (fp32 adapter weights over a possibly bf16 base)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
     try:
-        with warnings.catch_warnings():  # peft itself reads transformers' deprecated is_gradient_checkpointing
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with peft_quietly():
             return get_peft_model(model, config)
     except ValueError as e:
         raise CtxDistillError(f"Could not add LoRA with target modules {targets!r}: {e}. Use 'all-linear' or names "
@@ -186,4 +195,5 @@ def load_adapter(model, path: str, trainable: bool = False):
     if not os.path.isfile(os.path.join(path, "adapter_config.json")):
         raise CtxDistillError(f"{path} is not a PEFT adapter directory (no adapter_config.json). Pass OUT/adapter "
                               "of a distill run.")
-    return PeftModel.from_pretrained(model, path, is_trainable=trainable)
+    with peft_quietly():
+        return PeftModel.from_pretrained(model, path, is_trainable=trainable)

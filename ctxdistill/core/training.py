@@ -122,10 +122,10 @@ def _load_checkpoint(path: Path, fingerprint: str, loss_module, optimizer, sched
     return state["step"], state["loss_history"]
 
 
-def _forward_backward(accelerator, model, batches: list, rows_in: Callable) -> tuple[float, int]:
+def _forward_backward(accelerator, model, batches: list) -> tuple[float, int]:
     """Accumulate the gradients of one step's micro-batches; (the step's mean loss per row, input tokens here)."""
     world = accelerator.num_processes
-    local = torch.tensor(float(sum(rows_in(b) for b in batches)), device=accelerator.device)
+    local = torch.tensor(float(sum(len(b.labels) for b in batches)), device=accelerator.device)
     step_tokens = max(1, int(accelerator.reduce(local, reduction="sum")))
     loss_sum, tokens = torch.zeros((), device=accelerator.device), 0
     for j, batch in enumerate(batches):
@@ -140,12 +140,11 @@ def _forward_backward(accelerator, model, batches: list, rows_in: Callable) -> t
 
 
 def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate: Callable, s: TrainSettings,
-          checkpoint_path: Path, resume: bool = False, fingerprint: str = "",
-          loss_rows: Callable | None = None) -> TrainResult:
+          checkpoint_path: Path, resume: bool = False, fingerprint: str = "") -> TrainResult:
     """Optimize `loss_module` on `examples`, averaging the loss over every loss row of a step.
 
     A step collates all its micro-batches first (on-policy recipes sample inside `collate`, so the rows are only
-    known then) and sums `loss_rows(batch)` (default: `len(batch.labels)`) over processes."""
+    known then) and sums their loss rows (`len(batch.labels)`) over processes."""
     if not examples:
         raise CtxDistillError("No training examples: nothing to learn from. Check the prompts and the samples.")
     micro = _micro_batches(accelerator, s)
@@ -175,7 +174,6 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
         accelerator.wait_for_everyone()
 
     world, rank = accelerator.num_processes, accelerator.process_index
-    rows_in = loss_rows or (lambda batch: len(batch.labels))
     bar = tqdm(total=total, initial=start_step, desc="training", unit="step", dynamic_ncols=True,
                disable=not accelerator.is_local_main_process)
     model.train()
@@ -184,7 +182,7 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
         ids = step_examples(step, len(examples), s.batch_size, s.seed)
         mine = [ids[j:j + micro] for j in range(0, len(ids), micro)][rank::world]  # this process's micro-batches
         batches = [collate([examples[i] for i in batch_ids]) for batch_ids in mine]
-        step_loss, n_input_tokens = _forward_backward(accelerator, model, batches, rows_in)
+        step_loss, n_input_tokens = _forward_backward(accelerator, model, batches)
         tokens_seen += n_input_tokens
         if not math.isfinite(step_loss):
             bar.close()

@@ -14,6 +14,9 @@ from ctxdistill.recipes.base import Recipe, RunResult
 __all__ = ["Recipe", "RunResult", "get_recipe", "registry"]
 
 
+FIRST = ("offline", "onpolicy", "knowledge", "disc")  # listed first in help and errors; the rest by name
+
+
 @cache
 def registry() -> dict[str, Recipe]:
     found: dict[str, Recipe] = {}
@@ -21,7 +24,8 @@ def registry() -> dict[str, Recipe]:
         module = importlib.import_module(f"{__name__}.{info.name}")
         for recipe in getattr(module, "RECIPES", ()):
             found[recipe.name] = recipe
-    return found
+    order = sorted(found, key=lambda name: (FIRST.index(name) if name in FIRST else len(FIRST), name))
+    return {name: found[name] for name in order}
 
 
 def get_recipe(name: str) -> Recipe:

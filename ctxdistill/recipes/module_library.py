@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ctxdistill import CtxDistillError
 from ctxdistill.core.files import atomic_write_dir, atomic_write_json
+from ctxdistill.core.models import peft_quietly
 from ctxdistill.recipes.artifacts import versions
 
 MANIFEST = "module.json"
@@ -76,7 +77,8 @@ def load_adapters(model, adapter_paths: list[str]):
 
     for p in adapter_paths:
         read_module(p)  # a clear error for a folder that is not an adapter
-    peft_model = PeftModel.from_pretrained(model, adapter_paths[0], adapter_name="m0")
+    with peft_quietly():
+        peft_model = PeftModel.from_pretrained(model, adapter_paths[0], adapter_name="m0")
     for i, p in enumerate(adapter_paths[1:], 1):
         peft_model.load_adapter(p, adapter_name=f"m{i}")
     if len(adapter_paths) > 1:
