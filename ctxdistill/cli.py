@@ -51,7 +51,8 @@ def _cmd_distill(args) -> None:
         if _given(getattr(args, name)) and name not in recipe.inputs:
             owners = [r.name for r in registry().values() if name in r.inputs]
             takes = ", ".join(INPUT_FLAGS[k][0] for k in recipe.inputs)
-            raise CtxDistillError(f"{INPUT_FLAGS[name][0]} is an input of the {', '.join(owners)} recipe; the "
+            raise CtxDistillError(f"{INPUT_FLAGS[name][0]} is an input of the {', '.join(owners)} "
+                                  f"recipe{'s' if len(owners) > 1 else ''}; the "
                                   f"{recipe.name} recipe takes {takes}.")
     cfg = load_config(recipe.name, args.config, args.set, **{k: getattr(args, k) for k in CONFIG_FLAGS})
     _print_result(recipe.run(cfg, args.out, args.resume, **{k: getattr(args, k) for k in recipe.inputs}))

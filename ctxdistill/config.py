@@ -350,7 +350,8 @@ def check_keys(cls: type[Section], recipe: str, values: dict, source: str) -> No
         if key not in names:
             owners = owners_of(key)
             if owners:
-                raise CtxDistillError(f"'{key}' (in {source}) is a key of the {', '.join(owners)} recipe; the "
+                raise CtxDistillError(f"'{key}' (in {source}) is a key of the {', '.join(owners)} "
+                                      f"recipe{'s' if len(owners) > 1 else ''}; the "
                                       f"{recipe} recipe does not use it. Remove it, or run that recipe.")
             close = ([ALIASES[key]] if key in ALIASES else []) + difflib.get_close_matches(key, names, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else f" Valid keys: {', '.join(names)}."

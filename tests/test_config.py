@@ -182,7 +182,7 @@ def test_every_recipe_has_a_foreign_key_case():
 @pytest.mark.parametrize("argv,needle", [
     (["distill", "disc", "--set", "scratchpad=true"], "offline"),
     (["distill", "offline", "--set", "offline_fraction=0.5"], "onpolicy"),
-    (["distill", "disc", "--context", "c.txt"], "--context is an input of the offline"),
+    (["distill", "disc", "--context", "c.txt"], "--context is an input of the offline, onpolicy recipes"),
     (["distill", "disc", "--teacher", "x"], "offline"),
     (["distill", "offline", "--objective", "dcd"], "knowledge"),
 ])
