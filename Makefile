@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-trl configs clean
+.PHONY: install demo test bench bench-trl kill-drill configs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: $(STAMP)
 bench-trl: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[bench]"          # TRL, for the comparison only
 	$(BIN)/python benchmarks/vs_trl.py
+
+kill-drill: $(STAMP)   # SIGKILL a real run at 10 random moments, resume, compare with an uninterrupted run
+	$(BIN)/python benchmarks/kill_drill.py
 
 configs: $(STAMP)   # configs/<recipe>.yaml, generated from the config classes
 	$(BIN)/python -m ctxdistill.config configs

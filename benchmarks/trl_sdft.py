@@ -209,7 +209,9 @@ def run_trl(
 
 
 def _default_model_path() -> str:
-    out = subprocess.run(["ctxdistill", "model-path", "default"], capture_output=True, text=True, check=True)
+    # This interpreter's package, not a `ctxdistill` on PATH: make runs .venv/bin/python without an activated venv.
+    out = subprocess.run([sys.executable, "-m", "ctxdistill.cli", "model-path", "default"], capture_output=True,
+                         text=True, check=True)
     return out.stdout.strip().splitlines()[-1]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from ctxdistill import CtxDistillError
@@ -45,6 +46,7 @@ def _given(value) -> bool:
 def _cmd_distill(args) -> None:
     from ctxdistill.config import load_config
     from ctxdistill.recipes import get_recipe, registry
+    from ctxdistill.recipes.common import holding_out_dir
 
     recipe = get_recipe(args.recipe)
     for name in INPUT_FLAGS:
@@ -55,7 +57,8 @@ def _cmd_distill(args) -> None:
                                   f"recipe{'s' if len(owners) > 1 else ''}; the "
                                   f"{recipe.name} recipe takes {takes}.")
     cfg = load_config(recipe.name, args.config, args.set, **{k: getattr(args, k) for k in CONFIG_FLAGS})
-    _print_result(recipe.run(cfg, args.out, args.resume, **{k: getattr(args, k) for k in recipe.inputs}))
+    with holding_out_dir(args.out):  # the run's lock on --out goes when it ends, however it ends
+        _print_result(recipe.run(cfg, args.out, args.resume, **{k: getattr(args, k) for k in recipe.inputs}))
 
 
 def _print_result(result) -> None:
@@ -70,32 +73,74 @@ def _cmd_experience(args) -> None:
     from ctxdistill.config import load_config
     from ctxdistill.recipes import get_recipe
 
+    from ctxdistill.recipes.common import holding_out_dir
+
     cfg = load_config("experience", args.config, args.set, model=args.model, max_minutes=args.max_minutes)
-    _print_result(get_recipe("experience").run(cfg, args.out, args.resume, tasks=args.tasks, checker=args.checker))
+    with holding_out_dir(args.out):
+        _print_result(get_recipe("experience").run(cfg, args.out, args.resume, tasks=args.tasks,
+                                                   checker=args.checker))
+
+
+CURVE_POINT = ("docs_seen", "steps", "knowledge", "questions", "retention", "retention_n", "kl_to_initial")
+
+
+def _curve_run(run_dir: str) -> tuple[str, dict]:
+    """(recipe, metrics) of a finished disc / baseline run, its manifest and curve checked first, so that a damaged
+    or unfinished run is named instead of failing halfway through the table or the figure."""
+    import json
+    import math
+    from pathlib import Path
+
+    path = Path(run_dir) / "manifest.json"
+    if not path.is_file():
+        raise CtxDistillError(f"{run_dir} has no manifest.json: pass output folders of finished distill runs.")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CtxDistillError(f"{path} is not valid JSON ({e}), so the run {run_dir} cannot be compared. Pass "
+                              "output folders of finished distill runs.") from e
+    metrics = manifest.get("metrics") if isinstance(manifest, dict) else None
+    if not isinstance(metrics, dict) or not isinstance(manifest.get("recipe"), str):
+        raise CtxDistillError(f"{path} has no \"recipe\" and \"metrics\": it is not the manifest of a finished "
+                              f"distill run, so {run_dir} cannot be compared.")
+    if "curve" not in metrics:
+        raise CtxDistillError(f"{run_dir} is a {manifest['recipe']} run without a curve; compare takes runs of disc "
+                              "and its baselines.")
+    curve = metrics["curve"]
+    if not isinstance(curve, list) or not curve:
+        raise CtxDistillError(f"{path}: metrics.curve is empty, so {run_dir} cannot be compared. Pass finished runs.")
+    for n, point in enumerate(curve):
+        values = [point.get(k) if isinstance(point, dict) else None for k in CURVE_POINT]
+        bad = [k for k, v in zip(CURVE_POINT, values)
+               if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+        if bad or values[CURVE_POINT.index("retention_n")] <= 0:
+            raise CtxDistillError(f"{path}: point {n} of metrics.curve is incomplete (" + (
+                f"no number for {', '.join(bad)}" if bad else "retention_n is 0") + f"), so {run_dir} cannot be "
+                "compared. Pass finished runs, or run it again with --resume to complete it.")
+    return manifest["recipe"], metrics
 
 
 def _cmd_compare(args) -> None:
-    import json
     from pathlib import Path
 
     from ctxdistill.core.files import atomic_write_text
     from ctxdistill.recipes.doc_stream import curve_table, plot_curves
 
-    runs = {}
+    runs, seen = {}, set()
     for run_dir in args.runs:
-        path = Path(run_dir) / "manifest.json"
-        if not path.is_file():
-            raise CtxDistillError(f"{run_dir} has no manifest.json: pass output folders of finished distill runs.")
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        if "curve" not in manifest.get("metrics", {}):
-            raise CtxDistillError(f"{run_dir} is a {manifest.get('recipe')} run without a curve; compare takes runs "
-                                  "of disc and its baselines.")
-        name = manifest["recipe"]
-        runs[name if name not in runs else f"{name} ({Path(run_dir).name})"] = manifest["metrics"]
+        if Path(run_dir).resolve() in seen:
+            raise CtxDistillError(f"{run_dir} is given twice; pass each run once.")
+        seen.add(Path(run_dir).resolve())
+        recipe, metrics = _curve_run(run_dir)
+        # Runs of one recipe each keep a row of their own: the folder's name, else its path, tells them apart.
+        names = (recipe, f"{recipe} ({Path(run_dir).name})", f"{recipe} ({run_dir})", f"{recipe} #{len(runs) + 1}")
+        runs[next(n for n in names if n not in runs)] = metrics
     table = curve_table(runs)
     print(table)
     if args.out:
         out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise CtxDistillError(f"--out {out} is a file; pass a folder for compare.md and compare.png.")
         out.mkdir(parents=True, exist_ok=True)
         plot_curves(out / "compare.png", runs)
         atomic_write_text(out / "compare.md", "# Knowledge vs retention\n\n" + table + "\n\n![curves](compare.png)\n")
@@ -112,8 +157,15 @@ def _load_with_adapters(model_name: str | None, adapters: list[str]):
         model, tok, _ = load_model(model_name or "default")
         return model, tok
     for a in adapters:
-        read_module(a)  # a clear error for a folder that is not an adapter, before any model is loaded
-    model, tok, _ = load_model(base_of(adapters, model_name))
+        read_module(a)  # a clear error for a folder that is not an adapter or is damaged, before any model loads
+    base = base_of(adapters, model_name)
+    try:
+        model, tok, _ = load_model(base)
+    except CtxDistillError as e:
+        if model_name:
+            raise
+        raise CtxDistillError(f"{e} (It is the base model named in {adapters[0]}/adapter_config.json; pass --model "
+                              "to load the adapter onto that model from elsewhere.)") from e
     return load_adapters(model, adapters), tok
 
 
@@ -209,7 +261,9 @@ def _cmd_chat(args) -> None:
 def _cmd_modules_list(args) -> None:
     from ctxdistill.recipes.module_library import find_modules, modules_table
 
-    found = find_modules(args.folder)
+    found, problems = find_modules(args.folder)
+    for problem in problems:
+        print(f"warning: skipped a module that cannot be read: {problem}", file=sys.stderr)
     print(modules_table(found) if found else f"No modules under {args.folder}.")
 
 
@@ -224,14 +278,31 @@ def _cmd_modules_show(args) -> None:
 
 
 def _cmd_modules_combine(args) -> None:
+    import math
+
     from ctxdistill.recipes.module_library import combine
 
     try:
         weights = [float(w) for w in args.weights.split(",")] if args.weights else None
     except ValueError as e:
         raise CtxDistillError(f"--weights must be comma-separated numbers, got {args.weights!r}.") from e
-    target = combine(args.modules, args.out, weights, args.how, args.rank, args.model)
+    if weights and not all(math.isfinite(w) for w in weights):
+        raise CtxDistillError(f"--weights must be finite numbers, got {args.weights!r}.")
+    target = combine(args.modules, args.out, weights, args.how, args.rank, args.model, args.overwrite)
     print(f"Combined {len(args.modules)} modules ({args.how}) into {target} (a plain PEFT adapter).")
+
+
+def _whole_number(minimum: int):
+    """An argparse type: a whole number >= `minimum`, refused with the value given and the bound."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}")
+        return value
+    return parse
 
 
 def _cmd_model_path(args) -> None:
@@ -244,7 +315,9 @@ def _add_run_flags(parser) -> None:
     """--out, --config, --set, --resume: what every training command takes."""
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--config", default=None, help="YAML file with config keys (see configs/)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    # "extend": `--set a=1 b=2` and `--set a=1 --set b=2` give the same flat list of pairs.
+    parser.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config keys; one or more pairs, --set may be repeated")
     parser.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
 
 
@@ -280,12 +353,14 @@ def _add_eval(sub) -> None:
                    help="knowledge modules: the documents (closed-book, open-book and BM25 retrieval rows)")
     e.add_argument("--qa", default=None, help="QA JSON ({\"q\", \"a\"}; with --docs optional: the documents' own qa)")
     e.add_argument("--retention", default=None, help="general questions (default with --docs: a bundled set)")
-    e.add_argument("--top-k", type=int, default=1, help="--docs: chunks retrieved per question")
-    e.add_argument("--chunk-tokens", type=int, default=512, help="--docs: chunk size for retrieval, in tokens")
-    e.add_argument("--chunk-overlap", type=int, default=64)
+    e.add_argument("--top-k", type=_whole_number(1), default=1, help="--docs: chunks retrieved per question")
+    e.add_argument("--chunk-tokens", type=_whole_number(1), default=512,
+                   help="--docs: chunk size for retrieval, in tokens")
+    e.add_argument("--chunk-overlap", type=_whole_number(0), default=64,
+                   help="--docs: tokens shared by consecutive chunks (< --chunk-tokens)")
     e.add_argument("--model", default=None, help="base model (default: the adapter's base_model_name_or_path)")
     e.add_argument("--context-kind", default="system", choices=["system", "prefix", "document"])
-    e.add_argument("--max-new-tokens", type=int, default=48)
+    e.add_argument("--max-new-tokens", type=_whole_number(1), default=48)
     e.add_argument("--out", default=None,
                    help="write OUT.md (table) and OUT.json (answers); with --docs a folder: report.md/.png, eval.json")
     e.set_defaults(func=_cmd_eval)
@@ -304,7 +379,7 @@ def _add_chat(sub) -> None:
     c.add_argument("--prompt", default=None, help="answer this once and exit")
     c.add_argument("--context", default=None, help="show a context too (to compare with the teacher)")
     c.add_argument("--context-kind", default="system", choices=["system", "prefix", "document"])
-    c.add_argument("--max-new-tokens", type=int, default=128)
+    c.add_argument("--max-new-tokens", type=_whole_number(1), default=128)
     c.set_defaults(func=_cmd_chat)
 
     m = sub.add_parser("model-path", help="print where a model lives (converts the default once)")
@@ -328,7 +403,10 @@ def _add_modules(sub) -> None:
                     help="cat: concatenate (exact sum of the deltas, rank = sum of ranks); sum: weighted sum of the "
                          "deltas truncated by SVD to --rank")
     cb.add_argument("--weights", default=None, help="comma-separated, one per module (default: all 1)")
-    cb.add_argument("--rank", type=int, default=None, help="sum: rank of the result (default: the largest input)")
+    cb.add_argument("--rank", type=_whole_number(1), default=None,
+                    help="sum: rank of the result (default: the largest input)")
+    cb.add_argument("--overwrite", action="store_true",
+                    help="replace --out when it already holds a module (ctxdistill refuses any other folder)")
     cb.add_argument("--model", default=None, help="base model (default: the modules' own)")
     cb.set_defaults(func=_cmd_modules_combine)
 
@@ -341,13 +419,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupted(argv: list[str], args) -> str:
+    """The one line for Ctrl-C: where the run stopped and the command that continues it."""
+    if getattr(args, "command", None) not in ("distill", "experience"):
+        return "interrupted."
+    from ctxdistill.recipes.common import where_stopped
+
+    again = ["ctxdistill", *argv, *([] if "--resume" in argv else ["--resume"])]
+    return f"interrupted: {where_stopped(args.out)}. Resume with: {shlex.join(again)}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = None
     try:
+        args = build_parser().parse_args(argv)
         args.func(args)
     except CtxDistillError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(_interrupted(argv, args), file=sys.stderr)
+        return 130
     return 0
 
 

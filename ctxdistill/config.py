@@ -48,7 +48,7 @@ class ModelSection(Section):
     model: str = doc("default", "HF id, local directory, .gguf file, or 'default' (SmolLM2-135M-Instruct)")
     dtype: str = doc("auto", "auto: bf16 where the hardware has it, else fp32; or float32 | bfloat16 | float16")
     device: str = doc("", '"" picks cuda when present, else cpu')
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0  # seed * 100_003 + epoch must still fit torch's 64-bit seeds
 
     @model_validator(mode="after")
     def _known_dtype(self):
@@ -58,7 +58,43 @@ class ModelSection(Section):
             raise ValueError("model is empty. Pass --model with a Hugging Face id, a path, or 'default'.")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is not valid; use auto or one of {', '.join(DTYPES)}.")
+        check_device(self.device)
         return self
+
+
+def available_devices() -> list[str]:
+    """The devices a run can use on this machine, as `device` names."""
+    import torch
+
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device(name: str) -> None:
+    """"" or a device this machine has: a run must not fall back to another device than the one its manifest names."""
+    if not name:
+        return
+    import torch
+
+    available = available_devices()
+    use = f'Use device="" (cuda when present, else cpu) or one of this machine\'s devices: {", ".join(available)}.'
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a device name. {use}") from None
+    if device.type == "cpu" or f"{device.type}:{device.index}" in available or (
+            device.index is None and any(d.split(":")[0] == device.type for d in available)):
+        return
+    if device.type == "cuda":
+        why = (f"it has {torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available()
+               else "torch.cuda.is_available() is False")
+    else:
+        why = "torch.backends.mps.is_available() is False" if device.type == "mps" else "runs use cpu, cuda or mps"
+    raise ValueError(f"device={name!r} is not available on this machine ({why}; PyTorch {torch.__version__}). {use}")
 
 
 class TrainedSection(Section):
@@ -69,6 +105,15 @@ class TrainedSection(Section):
     lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     lora_targets: Names = doc("all-linear", "all-linear, or a list of module names, e.g. [q_proj, v_proj]")
     gradient_checkpointing: bool = doc(False, "recompute activations in the backward: less memory, ~1/3 more compute")
+
+    @model_validator(mode="after")
+    def _target_names(self):
+        targets = self.lora_targets
+        if not (isinstance(targets, str) and targets.strip()) and not (
+                isinstance(targets, list) and targets and all(isinstance(t, str) and t.strip() for t in targets)):
+            raise ValueError(f"lora_targets must be all-linear or a list of module names, e.g. [q_proj, v_proj]; "
+                             f"got {targets!r}.")
+        return self
 
 
 class OptimSection(Section):
@@ -405,11 +450,13 @@ def parse_set(items: list[str]) -> dict:
 
 
 def read_yaml(config_file: str) -> dict:
+    from ctxdistill.core.files import read_text
+
     path = Path(config_file)
     if not path.is_file():
         raise CtxDistillError(f"Config file not found: {path}. Check the path given to --config.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(read_text(path, "--config")) or {}
     except yaml.YAMLError as e:
         raise CtxDistillError(f"{path} is not valid YAML: {e}") from e
     if not isinstance(data, dict):

@@ -17,6 +17,7 @@ from ctxdistill.data.synthetic import SynthSettings, clean_question, synthesize
 from ctxdistill.recipes.knowledge import (
     NO_QUESTIONS,
     module_deadline,
+    module_name,
     own_questions,
     plan_modules,
     raw_pairs,
@@ -142,8 +143,10 @@ def test_a_module_per_document_goes_under_modules_and_the_corpus_module_is_the_a
 
     docs = [Document("mill", MILL), Document("Glimmer Bay", BAY)]
     per_doc = plan_modules(docs, tmp_path, per_document=True)
-    assert [(m.name, m.group) for m in per_doc] == [("mill", docs[:1]), ("Glimmer_Bay", docs[1:])]
-    assert [m.target for m in per_doc] == [tmp_path / "modules" / "mill", tmp_path / "modules" / "Glimmer_Bay"]
+    bay = module_name("Glimmer Bay")  # not a plain file name: a slug and a hash of the id
+    assert bay.startswith("Glimmer_Bay-")
+    assert [(m.name, m.group) for m in per_doc] == [("mill", docs[:1]), (bay, docs[1:])]
+    assert [m.target for m in per_doc] == [tmp_path / "modules" / "mill", tmp_path / "modules" / bay]
     (corpus,) = plan_modules(docs, tmp_path, per_document=False)
     assert corpus.name == "corpus" and corpus.group == docs and corpus.target == tmp_path / "adapter"
 

@@ -13,7 +13,7 @@ from ctxdistill.core.losses import DistillLoss, collate_pairs
 from ctxdistill.core.models import add_lora
 from ctxdistill.core.objectives import Objective
 from ctxdistill.core.pairs import Context, assistant_header, build_pair, render_prompt
-from ctxdistill.core.teacher import Teacher
+from ctxdistill.core.teacher import Teacher, load_teacher_model, vocabulary_rows
 from ctxdistill.core.topk_cache import TopKCache, TopKWriter, build_topk_cache
 
 CONTEXT = Context("You are Pip, the keeper of the Gullrock lighthouse. You love storms and tea. " * 3)
@@ -171,3 +171,44 @@ def test_a_teacher_with_another_tokenizer_is_refused(tokenizer, tiny_model_dir, 
                 "--context", str(persona_files["context"]), "--prompts", str(persona_files["prompts"]),
                 "--out", str(tmp_path / "run"), "--set", "max_steps=1")
     assert r.returncode == 2 and "special tokens differ" in r.stderr
+
+
+def test_a_teacher_with_a_padded_embedding_is_cut_to_the_students_rows(tokenizer, tiny_model, tmp_path):
+    """Padded rows (past the tokenizer) are ids no token reaches: cut at load time, not refused after sampling."""
+    padded = tmp_path / "padded"
+    bigger = tiny_llama(tokenizer, hidden=96, layers=3, seed=7)
+    bigger.resize_token_embeddings(len(tokenizer) + 64)
+    bigger.save_pretrained(padded)
+    tokenizer.save_pretrained(padded)
+    n = len(tokenizer)
+    with pytest.warns(UserWarning, match=f"padded past the tokenizer: the teacher {padded} has {n + 64} "
+                                         f"input-embedding and {n + 64} lm_head rows, the student {n} lm_head rows, "
+                                         f"the shared tokenizer {n} tokens. It is cut to the student's {n} rows"):
+        teacher = load_teacher_model(str(padded), tokenizer, "float32", "cpu", student=tiny_model)
+    assert vocabulary_rows(teacher) == (n, n)
+    torch.testing.assert_close(teacher.lm_head.weight, bigger.lm_head.weight[:n])
+    student = add_lora(tiny_model, r=4, alpha=8)
+    batch = collate_pairs(make_pairs(tokenizer, n=2), tokenizer.pad_token_id)
+    loss, _ = DistillLoss(student, Teacher(student, other=teacher), Objective({"forward_kl": 1.0}))(batch)
+    assert torch.isfinite(loss) and loss.item() > 0
+
+
+def test_a_teacher_with_fewer_rows_than_a_padded_student_is_refused_at_load(tokenizer, tiny_model_dir):
+    student = tiny_llama(tokenizer)
+    student.resize_token_embeddings(len(tokenizer) + 64)
+    n = len(tokenizer)
+    with pytest.raises(CtxDistillError, match=f"has {n} input-embedding and {n} lm_head rows, the student {n + 64} "
+                                              f"lm_head rows, the shared tokenizer {n} tokens. The tokenizers are the "
+                                              "same, so the difference is a padded embedding matrix"):
+        load_teacher_model(str(tiny_model_dir), tokenizer, "float32", "cpu", student=student)
+
+
+def test_a_teacher_with_fewer_rows_than_its_tokenizer_is_refused_at_load(tokenizer, tmp_path):
+    short = tmp_path / "short"
+    model = tiny_llama(tokenizer)
+    model.resize_token_embeddings(len(tokenizer) - 16)
+    model.save_pretrained(short)
+    tokenizer.save_pretrained(short)
+    with pytest.raises(CtxDistillError, match=f"The teacher's vocabulary is smaller than its tokenizer: the teacher "
+                                              f"{short} has {len(tokenizer) - 16} input-embedding"):
+        load_teacher_model(str(short), tokenizer, "float32", "cpu")

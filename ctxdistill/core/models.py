@@ -186,14 +186,77 @@ def enable_gradient_checkpointing(model) -> None:
     target.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+REWRITE_ADAPTER = "Write the adapter again (re-run the command that made it) or pass another adapter folder."
+
+
+def check_adapter(path) -> dict:
+    """The adapter_config.json of a PEFT adapter folder, once the folder is checked to hold a readable config and
+    an intact weights file: a damaged adapter is named with what is wrong before any model is loaded."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    config_file = p / "adapter_config.json"
+    if not config_file.is_file():
+        raise CtxDistillError(f"{p} is not a PEFT adapter directory (no adapter_config.json). Pass OUT/adapter "
+                              "of a distill run, or OUT/modules/NAME of a knowledge run.")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CtxDistillError(f"{config_file} is not valid JSON ({e}); the adapter {p} cannot be read. "
+                              f"{REWRITE_ADAPTER}") from e
+    if not isinstance(config, dict) or "peft_type" not in config:
+        raise CtxDistillError(f"{config_file} is not a PEFT adapter config (a JSON object with \"peft_type\"); the "
+                              f"adapter {p} cannot be read. {REWRITE_ADAPTER}")
+    weights = [p / name for name in ADAPTER_WEIGHTS if (p / name).is_file()]
+    if not weights:
+        raise CtxDistillError(f"{p} has no adapter weights ({' or '.join(ADAPTER_WEIGHTS)}). {REWRITE_ADAPTER}")
+    if weights[0].suffix == ".safetensors":
+        try:
+            with safe_open(str(weights[0]), framework="pt"):  # reads the header only: catches a truncated file
+                pass
+        except (SafetensorError, OSError) as e:
+            raise CtxDistillError(f"{weights[0]} is damaged ({e}; e.g. a copy or download cut short). "
+                                  f"{REWRITE_ADAPTER}") from e
+    return config
+
+
+@contextmanager
+def adapter_loading(path, model):
+    """What PEFT raises while it puts the adapter at `path` on `model`, as one error naming the folder; a shape
+    mismatch names both base models and the first weight that does not fit, instead of one line per weight."""
+    import re
+
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as e:
+        raise CtxDistillError(f"The weights of the adapter {path} are damaged ({e}). {REWRITE_ADAPTER}") from e
+    except RuntimeError as e:
+        first = re.search(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from "
+                          r"checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)", str(e))
+        if not first:
+            raise
+        trained_on = check_adapter(path).get("base_model_name_or_path")
+        weight = re.sub(r"\.(lora_[A-Za-z_]+)\.[^.]+\.(weight|bias)$", r".\1.\2", first[1])  # as saved: no adapter name
+        raise CtxDistillError(
+            f"The adapter {path} does not fit the model {getattr(model, 'name_or_path', '') or '(given)'}: it was "
+            f"trained on {trained_on or 'another model'} (first mismatching weight: {weight} is {first[2]} in the "
+            f"adapter, {first[3]} in the model). Pass --model with the model the adapter was trained on, or leave "
+            "--model out to use the adapter's own base model.") from e
+    except (ValueError, TypeError, KeyError) as e:
+        raise CtxDistillError(f"The adapter {path} could not be loaded onto the model "
+                              f"{getattr(model, 'name_or_path', '') or '(given)'}: {e}. Check that it was trained "
+                              "on this model (its adapter_config.json names it).") from e
+
+
 def load_adapter(model, path: str, trainable: bool = False):
     """A saved PEFT adapter on `model` (e.g. to keep training it with --init-adapter)."""
-    import os
-
     from peft import PeftModel
 
-    if not os.path.isfile(os.path.join(path, "adapter_config.json")):
-        raise CtxDistillError(f"{path} is not a PEFT adapter directory (no adapter_config.json). Pass OUT/adapter "
-                              "of a distill run.")
-    with peft_quietly():
+    check_adapter(path)
+    with peft_quietly(), adapter_loading(path, model):
         return PeftModel.from_pretrained(model, path, is_trainable=trainable)

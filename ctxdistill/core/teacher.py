@@ -13,6 +13,7 @@ context, so `view_rows` groups them by context and keeps each context's KV cache
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import Counter, OrderedDict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -35,13 +36,47 @@ from ctxdistill.core.pairs import pad_right
 CONTEXT_CACHE_TOKENS = 16384
 
 
-def load_teacher_model(name: str, student_tokenizer, dtype: str, device):
-    """Another model as the teacher (e.g. a bigger one); its tokenizer must equal the student's exactly."""
+def vocabulary_rows(model) -> tuple[int, int]:
+    """(input-embedding rows, lm_head rows): a padded embedding has more rows than its tokenizer has tokens."""
+    return model.get_input_embeddings().weight.shape[0], output_head(model).weight.shape[0]
+
+
+def fit_vocabulary(model, name: str, tokens: int, student=None) -> None:
+    """Line the teacher's vocabulary rows up with the student's before anything is sampled or scored.
+
+    Rows past the tokenizer's length are padding no token id reaches: cutting the teacher's surplus to the student's
+    size only drops probability mass on ids neither model can be shown nor asked to write, which also keeps the
+    teacher from sampling them. A teacher with fewer rows than the student cannot score its ids: refused."""
+    rows_in, rows_out = vocabulary_rows(model)
+    target = vocabulary_rows(student)[1] if student is not None else tokens
+    student_rows = f"the student {target} lm_head rows, " if student is not None else ""
+    sizes = (f"the teacher {name} has {rows_in} input-embedding and {rows_out} lm_head rows, {student_rows}the shared "
+             f"tokenizer {tokens} tokens")
+    if min(rows_in, rows_out) < tokens:
+        raise CtxDistillError(f"The teacher's vocabulary is smaller than its tokenizer: {sizes}. Use a teacher whose "
+                              "embedding has a row for every token (the same model family as the student).")
+    if student is None or rows_in == rows_out == target:
+        return
+    if min(rows_in, rows_out) < target:
+        raise CtxDistillError(f"Teacher and student vocabularies differ in size: {sizes}. The tokenizers are the "
+                              "same, so the difference is a padded embedding matrix, and a teacher with fewer rows "
+                              f"than the student cannot score the student's padding. Use a teacher padded to at "
+                              f"least {target} rows (or the student's own base, --teacher \"\").")
+    warnings.warn(f"The teacher's embedding is padded past the tokenizer: {sizes}. It is cut to the student's {target} "
+                  "rows (no token id reaches the rows cut off).", stacklevel=3)
+    model.resize_token_embeddings(target)
+
+
+def load_teacher_model(name: str, student_tokenizer, dtype: str, device, student=None):
+    """Another model as the teacher (e.g. a bigger one); its tokenizer must equal the student's exactly, and its
+    vocabulary rows are lined up with the `student` model's (see fit_vocabulary; without it, only checked against
+    the tokenizer)."""
     from ctxdistill.core.models import load_model
     from ctxdistill.core.pairs import check_tokenizers_match
 
     model, tokenizer, _ = load_model(name, dtype, device)
     check_tokenizers_match(tokenizer, student_tokenizer)
+    fit_vocabulary(model, name, len(student_tokenizer), student)
     return model.eval().requires_grad_(False)
 
 

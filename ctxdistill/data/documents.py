@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctxdistill import CtxDistillError
-from ctxdistill.core.files import load_json, read_jsonl
+from ctxdistill.core.files import load_json, read_jsonl, read_text
 from ctxdistill.data.inputs import read_qa, read_qa_items
 
 TEXT_SUFFIXES = (".txt", ".md")
@@ -43,7 +43,7 @@ def read_documents(path) -> list[Document]:
         files = sorted(f for f in p.iterdir() if f.suffix in TEXT_SUFFIXES and f.is_file())
         if not files:
             raise CtxDistillError(f"{p} holds no .txt or .md files. Put one document per file in it.")
-        docs = [Document(f.stem, f.read_text(encoding="utf-8")) for f in files]
+        docs = [Document(f.stem, read_text(f, "--docs")) for f in files]
         empty = [d.id for d in docs if not d.text.strip()]
         if empty:
             raise CtxDistillError(f"Empty document file(s) in {p}: {', '.join(empty[:5])}. Remove or fill them.")
@@ -58,7 +58,7 @@ def read_documents(path) -> list[Document]:
                                   'list under "docs".')
         docs = _from_rows(data, str(p))
     elif p.suffix in TEXT_SUFFIXES:
-        text = p.read_text(encoding="utf-8")
+        text = read_text(p, "--docs")
         if not text.strip():
             raise CtxDistillError(f"{p} is empty. Put the document's text in it.")
         docs = [Document(p.stem, text)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ctxdistill import CtxDistillError
-from ctxdistill.core.files import load_json, read_jsonl
+from ctxdistill.core.files import load_json, read_jsonl, read_text
 
 
 def _require_file(path, what: str, flag: str) -> Path:
@@ -40,7 +40,7 @@ def read_context(path) -> dict:
                                   '(e.g. {"context": "Your name is ..."}), or a plain .txt file.')
         out = dict(data)
     else:
-        out = {"context": p.read_text(encoding="utf-8")}
+        out = {"context": read_text(p, "--context")}
     if not out["context"].strip():
         raise CtxDistillError(f"The context in {p} is empty. Put the text to internalize in it.")
     return out
@@ -64,7 +64,7 @@ def read_prompts(path) -> list[str]:
             raise CtxDistillError(f'{p} must hold a list of strings, or an object with a "prompts" list.')
         prompts = data
     else:
-        prompts = p.read_text(encoding="utf-8").splitlines()
+        prompts = read_text(p, "--prompts").splitlines()
     prompts = [x.strip() for x in prompts if x.strip()]
     if not prompts:
         raise CtxDistillError(f"{p} holds no prompts. Add some, or drop --prompts to synthesize them.")

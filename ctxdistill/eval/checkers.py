@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from typing import Callable
 
@@ -56,3 +57,46 @@ def load_checker(spec: str) -> Callable[[str, str, str], bool]:
     if not callable(fn):
         raise CtxDistillError(f"The checker '{spec}' is not a function.")
     return fn
+
+
+def _is_verdict(value) -> bool:
+    try:
+        return value in (True, False)  # a bool, 0/1, numpy.bool_
+    except (TypeError, ValueError):  # e.g. an array: no single truth value
+        return False
+
+
+def _check_regex_answers(tasks: list[dict], source: str) -> None:
+    for n, task in enumerate(tasks, 1):
+        try:
+            re.compile(task["answer"])
+        except re.error as e:
+            raise CtxDistillError(f"{source}, task {n} (line {n}, blank lines not counted): the answer "
+                                  f"{task['answer']!r} is not a valid regular expression for --checker regex ({e}). "
+                                  "Fix the pattern (escape special characters with \\), or use --checker exact or "
+                                  "contains.") from None
+
+
+def validate_checker(spec: str, check: Callable, tasks: list[dict], source: str) -> None:
+    """Before any model work: every regex answer compiles, and the checker takes (prompt, response, answer) and
+    judges the first task (its own answer as the response) with True or False, so a broken rule does not surface
+    only after the model has answered everything."""
+    if check is regex:
+        _check_regex_answers(tasks, source)
+    try:
+        inspect.signature(check).bind("prompt", "response", "answer")
+    except TypeError:
+        raise CtxDistillError(f"The checker '{spec}' must take (prompt, response, answer); its signature is "
+                              f"{inspect.signature(check)}. Change the function or pass another --checker.") from None
+    except ValueError:  # no signature to read (a C function): the call below tells
+        pass
+    first = tasks[0]
+    try:
+        verdict = check(first["prompt"], first["answer"], first["answer"])
+    except Exception as e:  # the user's code: any failure is reported the same way
+        raise CtxDistillError(f"The checker '{spec}' failed on task 1 of {source} (called with the task's answer as "
+                              f"the response): {type(e).__name__}: {e}. Fix the checker, or pass another "
+                              "--checker.") from e
+    if not _is_verdict(verdict):
+        raise CtxDistillError(f"The checker '{spec}' returned {verdict!r} on task 1 of {source}; it must return True "
+                              "or False.")

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import json
+import os
+import re
+import shutil
+import socket
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,11 +23,33 @@ from ctxdistill.core.models import add_lora, bf16_supported, default_device, ena
 from ctxdistill.core.training import TrainSettings
 
 
+def _placed_on(accelerator: Accelerator, device: torch.device) -> bool:
+    got = accelerator.device
+    if got.type != device.type:
+        return False
+    if device.type != "cuda" or device.index is None:
+        return True
+    index = torch.cuda.current_device() if got.index is None else got.index
+    return index == device.index and accelerator.num_processes == 1
+
+
 def make_accelerator(cfg) -> Accelerator:
-    """bf16 autocast where the hardware has it (dtype=auto), on the configured or the best device."""
+    """bf16 autocast where the hardware has it (dtype=auto), on the configured or the best device.
+
+    Accelerate only takes cpu=True/False, and the manifest records `device`: a device named in the config must be the
+    one the run really gets, so a CUDA index becomes the current device first and the placement is checked."""
     device = torch.device(cfg.device) if cfg.device else default_device()
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # one process runs on the current CUDA device
     mixed = "bf16" if cfg.dtype in ("auto", "bf16", "bfloat16") and bf16_supported(device) else "no"
-    return Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
+    accelerator = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
+    if cfg.device and not _placed_on(accelerator, device):
+        several = (" (it runs {} processes, one GPU each: name no index, device=cuda)"
+                   .format(accelerator.num_processes) if accelerator.num_processes > 1 else "")
+        raise CtxDistillError(f"device={cfg.device!r} was asked for, but accelerate put this run on "
+                              f"{accelerator.device}{several}. Check ACCELERATE_TORCH_DEVICE and your accelerate "
+                              "config, or set device=\"\" to run where accelerate puts it. Nothing was run.")
+    return accelerator
 
 
 def open_run(cfg, out: Path, resume: bool):
@@ -35,12 +64,187 @@ def open_run(cfg, out: Path, resume: bool):
 
 
 def prepare_out_dir(accelerator: Accelerator, out: Path, resume: bool) -> None:
+    """Check --out before any model is loaded, then hold it (OUT/.lock) until the run ends: the main process only."""
     if accelerator.is_main_process:
-        if out.exists() and any(out.iterdir()) and not resume:
-            raise CtxDistillError(f"{out} already holds a run. Pass --resume to continue it, or choose a new --out "
-                                  "(nothing was overwritten).")
-        out.mkdir(parents=True, exist_ok=True)
+        created = make_out_dir(Path(out))
+        try:
+            take_out_lock(Path(out), created)
+            check_out_contents(Path(out), resume)
+            if resume:
+                remove_partial_writes(Path(out))
+        except BaseException:
+            release_out_dir(out, failed=True)
+            raise
     accelerator.wait_for_everyone()
+
+
+# What an atomic write leaves only when it is killed halfway: a temporary folder (core.files.atomic_write_dir) or a
+# temporary file `.NAME.XXXXXXXX` (mkstemp) beside the file it was writing.
+PARTIAL_WRITE = re.compile(r"^\.(tmp|adapter|model)-|^\..+\.[a-z0-9_]{8}$")
+
+
+def remove_partial_writes(out: Path) -> list[str]:
+    """On --resume, the half-written files of the killed run go (the finished ones were renamed into place)."""
+    removed = []
+    for path in sorted(out.rglob(".*"), key=lambda p: len(p.parts), reverse=True):
+        if path.name != LOCK and PARTIAL_WRITE.match(path.name) and path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(str(path.relative_to(out)))
+    return removed
+
+
+LOCK = ".lock"  # OUT/.lock: {"pid", "host", "started"} of the run that holds the folder
+_held: dict[Path, Path | None] = {}  # the folders this process holds -> the topmost folder it created for them
+
+
+def make_out_dir(out: Path) -> Path | None:
+    """Create --out (and missing parents); returns the topmost folder created here, None if --out existed."""
+    if out.exists() and not out.is_dir():
+        raise CtxDistillError(f"--out {out} is a file, not a folder. Choose a folder path for --out (the file was "
+                              "not touched).")
+    missing = [p for p in [out, *out.parents] if not p.exists()]
+    try:
+        out.mkdir(parents=True)
+    except FileExistsError:
+        return None
+    except OSError as e:
+        raise CtxDistillError(f"Cannot create --out {out}: {e.strerror}. Choose a folder you can write to.") from None
+    return missing[-1] if missing else out
+
+
+def _lock_owner() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _write_lock(path: Path) -> None:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # atomic: of two runs, one creates it
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(_lock_owner(), f)
+
+
+def take_out_lock(out: Path, created: Path | None) -> None:
+    """OUT/.lock for this process; a lock left by a dead run on this host is taken over, any other is refused."""
+    path = out / LOCK
+    try:
+        try:
+            _write_lock(path)
+        except FileExistsError:
+            check_lock_holder(out)
+            path.unlink(missing_ok=True)
+            _write_lock(path)
+    except FileExistsError:
+        raise CtxDistillError(f"{out} was just taken by another run. Choose another --out.") from None
+    except OSError as e:
+        raise CtxDistillError(f"--out {out} is not writable ({e.strerror}). Choose a folder you can write to.") \
+            from None
+    _held[out.resolve()] = created
+
+
+def check_lock_holder(out: Path) -> None:
+    """Refuse a folder whose lock names a live run, or one on another host (it cannot be checked from here)."""
+    path, here = out / LOCK, socket.gethostname()
+    holder = read_out_lock(out)
+    pid, since = holder.get("pid"), f" (started {holder.get('started', '?')})"
+    if holder.get("host") != here or not isinstance(pid, int):
+        raise CtxDistillError(f"{out} is in use by pid {pid} on host {holder.get('host')}{since}: its lock {path} "
+                              f"cannot be checked from here. If that run is no longer running, delete {path} and run "
+                              "again; else choose another --out.")
+    if pid != os.getpid() and _pid_alive(pid):
+        raise CtxDistillError(f"{out} is in use by pid {pid} on host {here}{since}. Wait for that run to end, or "
+                              "choose another --out.")
+    if pid != os.getpid():  # this same process may open its folder again (one run after another)
+        warnings.warn(f"{out}: taking over the lock of pid {pid}{since}, which is no longer running.", stacklevel=4)
+
+
+def read_out_lock(out: Path) -> dict:
+    try:
+        holder = json.loads((out / LOCK).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        holder = None
+    return holder if isinstance(holder, dict) else {}
+
+
+def release_out_dir(out, failed: bool = False) -> None:
+    """End this process's hold on --out: the lock goes; after a failure, a folder that this run created and that
+    holds no checkpoint yet goes too (a corrected re-run then starts clean). No-op for a folder it does not hold."""
+    out = Path(out)
+    if out.resolve() not in _held:
+        return
+    created = _held.pop(out.resolve())
+    if read_out_lock(out).get("pid") == os.getpid():
+        (out / LOCK).unlink(missing_ok=True)
+    if failed and created is not None and not checkpoints(out):
+        shutil.rmtree(out, ignore_errors=True)
+        for folder in [out, *out.parents]:  # the missing parents it made, if still empty
+            if folder == created.parent:
+                break
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+@atexit.register
+def _release_all() -> None:
+    for out in list(_held):
+        release_out_dir(out)
+
+
+@contextlib.contextmanager
+def holding_out_dir(out):
+    """Around a run: the folder it holds is released when the run ends, also on an error or Ctrl-C (a folder
+    it created is kept after Ctrl-C: the command can be resumed)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        release_out_dir(out)
+        raise
+    except BaseException:
+        release_out_dir(out, failed=True)
+        raise
+    release_out_dir(out)
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """The training checkpoints under a run folder (also a nested run's, e.g. experience's consolidation)."""
+    return sorted(p for p in out.rglob("*") if p.is_file() and "checkpoint" in p.relative_to(out).parts[:-1])
+
+
+def check_out_contents(out: Path, resume: bool) -> None:
+    """A folder with anything in it is only written to with --resume; the refusal says what the folder holds."""
+    found = sorted(p.name for p in out.iterdir() if p.name != LOCK)
+    if resume or not found:
+        return
+    if "manifest.json" in found:
+        what = "a finished run (manifest.json)"
+    elif checkpoints(out):
+        what = f"an unfinished run (last checkpoint: {checkpoints(out)[-1].relative_to(out)})"
+    elif "data" in found:
+        what = "a run that stopped before its first checkpoint (it kept data/)"
+    else:
+        raise CtxDistillError(f"--out {out} is not empty ({', '.join(found[:5])}) and holds no ctxdistill run. "
+                              "Choose a new or empty folder for --out (nothing was overwritten).")
+    raise CtxDistillError(f"{out} already holds a run: {what}. Pass --resume to continue it with the same inputs, "
+                          "or choose a new --out (nothing was overwritten).")
+
+
+def where_stopped(out) -> str:
+    """What an interrupted run left in its folder, for the line that says how to resume it."""
+    out = Path(out)
+    if not out.is_dir():
+        return f"nothing was written yet ({out} does not exist)"
+    kept = checkpoints(out)
+    if kept:
+        return f"{out} keeps its last checkpoint ({kept[-1].relative_to(out)})"
+    return f"before the first checkpoint; {out} keeps the data made so far"
 
 
 def main_process_writes(accelerator: Accelerator, path: Path, make_rows) -> list:
@@ -108,12 +312,15 @@ def budget_deadline(cfg, t_start: float) -> float | None:
 
 
 def check_data_inputs(out: Path, inputs: dict) -> None:
-    """Data cached in OUT/data is reused on --resume only if it was made from the same inputs (the first run
-    records them in OUT/data/inputs.json)."""
+    """What a run reuses from OUT (OUT/data, OUT/curve.jsonl) on --resume must have been made from the same inputs:
+    the first run records them in OUT/data/inputs.json, every later one compares (every recipe, the same check)."""
     path = out / "data" / "inputs.json"
-    if path.exists():
-        if json.loads(path.read_text()) != json.loads(json.dumps(inputs)):
-            raise CtxDistillError(f"{out} holds data made from other inputs (context, prompts or generation "
-                                  "settings changed). Resume with the same inputs, or choose a new --out.")
-    else:
-        atomic_write_json(path, inputs)
+    now = json.loads(json.dumps(inputs))
+    if not path.exists():
+        atomic_write_json(path, now)
+        return
+    before = json.loads(path.read_text(encoding="utf-8"))
+    changed = sorted(k for k in now.keys() | before.keys() if now.get(k) != before.get(k))
+    if changed:
+        raise CtxDistillError(f"{out} holds data made from other inputs: {', '.join(changed)} changed since (see "
+                              f"{path}). Resume with the same inputs, or choose a new --out (nothing was reused).")

@@ -31,8 +31,8 @@ from ctxdistill.data.splits import TokenizedDoc, tokenize_document
 from ctxdistill.eval.evaluation import DriftProbe, answers, score
 from ctxdistill.recipes.artifacts import save_trained, sha256_text, write_manifest
 from ctxdistill.recipes.base import RunResult
-from ctxdistill.recipes.common import (budget_deadline, fingerprint, make_student, model_window, open_run,
-                                       share_budget, train_settings, training_fingerprint_config)
+from ctxdistill.recipes.common import (budget_deadline, check_data_inputs, fingerprint, make_student, model_window,
+                                       open_run, share_budget, train_settings, training_fingerprint_config)
 
 DocConfig = DiscConfig | FinetuneConfig  # the baselines' configs are FinetuneConfig or subclasses of it
 DOC_INPUTS = ("docs", "qa", "retention", "stream")  # what every document recipe takes
@@ -108,6 +108,12 @@ def run_stream(cfg: DocConfig, method: DocMethod, out: str, resume: bool = False
     t_start = time.time()
     inputs = read_inputs(method.name, docs, qa, retention, stream)
     run = set_up(cfg, method, Path(out), resume, inputs, t_start)
+    if run.accelerator.is_main_process:  # before OUT/curve.jsonl is reused: its points were measured on these
+        check_data_inputs(run.out, {
+            "recipe": method.name, "stream": inputs.stream,
+            "docs_per_batch": cfg.docs_per_batch if inputs.stream else None,
+            "documents": [{"id": d.id, "sha256": sha256_text(d.text)} for d in inputs.documents],
+            "questions_sha256": fingerprint(inputs.qa_by_doc, inputs.retention)})
     choose_documents(run)
     measure_initial(run)
     make_learner(run)

@@ -24,7 +24,7 @@ from ctxdistill.core.files import atomic_write_json, atomic_write_text, read_jso
 from ctxdistill.core.generation import generate
 from ctxdistill.core.models import load_adapter, load_model
 from ctxdistill.core.pairs import Context, render_prompt
-from ctxdistill.eval.checkers import load_checker
+from ctxdistill.eval.checkers import load_checker, validate_checker
 from ctxdistill.eval.evaluation import answers
 from ctxdistill.recipes import onpolicy
 from ctxdistill.recipes.base import Recipe, RunResult
@@ -98,6 +98,7 @@ def open_experience(cfg: ExperienceConfig, out: Path, resume: bool, tasks: str |
         raise CtxDistillError('experience learns from tasks: pass --tasks FILE (a .jsonl of {"prompt", "answer"}).')
     rows = read_tasks(tasks)
     check = load_checker(checker)
+    validate_checker(checker, check, rows, tasks)
     accelerator = make_accelerator(cfg)
     prepare_out_dir(accelerator, out, resume)
     if accelerator.num_processes > 1:

@@ -15,10 +15,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,7 @@ from ctxdistill.recipes.artifacts import save_adapter, sha256_text, write_manife
 from ctxdistill.recipes.base import Recipe, RunResult
 from ctxdistill.recipes.common import (
     budget_deadline,
+    check_data_inputs,
     fingerprint,
     main_process_writes,
     make_student,
@@ -115,11 +118,31 @@ def synthetic_pairs(tokenizer, rows: list[dict], chunks: dict[str, Chunk], windo
     return pairs
 
 
+DATA_KEYS = ("anchor_prompts", "max_new_tokens", "chunk_tokens", "chunk_overlap")  # what the chunks and anchors need
 NO_QUESTIONS = "(no questions: give the documents a \"qa\" list or pass --qa)"
 
 
-def module_name(doc_id: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", doc_id) or "doc"
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+HASHED_NAME = re.compile(r".*-[0-9a-f]{8}")
+
+
+def module_name(doc_id: str, hashed: bool = False) -> str:
+    """A document module's folder under OUT/modules: the id itself when it is a plain file name; else (or when
+    `hashed`) a slug of it and a hash of the whole id, so that ids differing anywhere (`a/b`, `a b`) get folders of
+    their own and none (`.`, `..`, `../x`, ``) lands outside OUT/modules or on it. A plain id that looks hashed is
+    hashed too, so it cannot take the folder of another id."""
+    if not hashed and PLAIN_NAME.fullmatch(doc_id) and not HASHED_NAME.fullmatch(doc_id):
+        return doc_id
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", doc_id).strip("._-")[:48] or "doc"
+    return f"{slug}-{hashlib.sha256(doc_id.encode('utf-8')).hexdigest()[:8]}"
+
+
+def module_names(doc_ids: list[str]) -> dict[str, str]:
+    """Each document id's module folder; ids that differ only in case are hashed as well, so they do not share a
+    folder on a case-insensitive file system."""
+    names = {i: module_name(i) for i in doc_ids}
+    folded = Counter(n.casefold() for n in names.values())
+    return {i: module_name(i, hashed=True) if folded[n.casefold()] > 1 else n for i, n in names.items()}
 
 
 @dataclass
@@ -189,6 +212,12 @@ def run(cfg: KnowledgeConfig, out: str, resume: bool = False, *, docs: str | Non
         retention: str | None = None, per_document: bool = False) -> RunResult | None:
     t_start = time.time()
     state = set_up(cfg, Path(out), resume, read_inputs(docs, qa, retention), per_document, t_start)
+    if state.accelerator.is_main_process:  # before OUT/data (anchors) and finished modules are reused
+        check_data_inputs(state.out, {
+            "documents": [{"id": d.id, "sha256": sha256_text(d.text)} for d in state.inputs.docs],
+            "model": cfg.model, "objective": state.objective_name,
+            "synthetic": asdict(synth_settings(cfg)) if state.uses_synthetic else None,
+            **{k: getattr(cfg, k) for k in DATA_KEYS}})
     make_synthetic_data(state)
     make_run_anchors(state)
     measure_references(state)
@@ -265,7 +294,8 @@ def measure_references(state: KnowledgeRun) -> None:
 def plan_modules(docs: list[Document], out: Path, per_document: bool) -> list[Module]:
     """One module per document (OUT/modules/NAME), or one for the corpus (OUT/adapter)."""
     if per_document:
-        return [Module(module_name(d.id), [d], out / "modules" / module_name(d.id)) for d in docs]
+        names = module_names([d.id for d in docs])
+        return [Module(names[d.id], [d], out / "modules" / names[d.id]) for d in docs]
     return [Module("corpus", docs, out / "adapter")]
 
 
@@ -385,9 +415,11 @@ def write_report(state: KnowledgeRun) -> RunResult:
                "synthetic_rows": len(state.rows), "chunks": len(state.chunks), "modules": reports}
     if result:
         metrics["knowledge"] = {k: v for k, v in result.items() if k != "questions"}
+    folders = module_names([d.id for d in state.inputs.docs]) if state.per_document else {}
     write_manifest(out, {"recipe": "knowledge", "objective": state.objective_name, "base_model": cfg.model,
                          "base_model_path": state.base_path, "per_document": state.per_document,
                          "documents": [{"id": d.id, "sha256": sha256_text(d.text)} for d in state.inputs.docs],
+                         **({"modules": {i: f"modules/{n}" for i, n in folders.items()}} if folders else {}),
                          "config": cfg.to_dict(), "metrics": metrics})
     title, lines = TITLES[state.objective_name], report_lines(state, metrics["train_steps"], elapsed)
     if result:

@@ -156,7 +156,7 @@ def set_up(cfg: OfflineConfig, inputs: OfflineInputs, out: Path, resume: bool, i
     accelerator, model, tokenizer, base_path = open_run(cfg, out, resume)
     window = model_window(model, cfg)
     sources = load_sources(cfg, inputs.contexts, inputs.examples, tokenizer, window)
-    other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device) if cfg.teacher else None
+    other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device, model) if cfg.teacher else None
     run = OfflineRun(cfg, out, resume, t_start, accelerator, model, tokenizer, base_path, window, sources, other,
                      init_adapter=init_adapter)
     if init_adapter:

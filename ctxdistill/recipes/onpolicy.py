@@ -33,10 +33,12 @@ from ctxdistill.eval.evaluation import evaluate, results_table
 from ctxdistill.eval.reports import write_report
 from ctxdistill.recipes.artifacts import save_trained, sha256_text, write_manifest
 from ctxdistill.recipes.base import Recipe, RunResult
-from ctxdistill.recipes.common import (budget_deadline, fingerprint, main_process_writes, make_student, model_window,
-                                       open_run, train_settings, training_fingerprint_config)
+from ctxdistill.recipes.common import (budget_deadline, check_data_inputs, fingerprint, main_process_writes,
+                                       make_student, model_window, open_run, train_settings,
+                                       training_fingerprint_config)
 
 ARTIFACTS = ["adapter", "manifest.json", "report.md"]
+QUERY_KEYS = ("model", "teacher", "num_queries", "query_temperature", "seed")  # what synthesized queries came from
 NO_TABLE = "(no eval questions: pass --eval FILE or put an \"eval\" list in the context)"
 
 
@@ -108,7 +110,7 @@ def open_models(cfg: OnpolicyConfig, out: Path, resume: bool) -> Models:
         raise CtxDistillError("teacher=live reads the context with the student's current weights; it needs "
                               "finetune=lora (a full fine-tune would score with the weights it is updating).")
     accelerator, model, tokenizer, base_path = open_run(cfg, out, resume)
-    other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device) \
+    other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device, model) \
         if cfg.teacher and not live else None
     return Models(accelerator, model, tokenizer, base_path, other, live, model_window(model, cfg))
 
@@ -266,6 +268,9 @@ def run(cfg: OnpolicyConfig, out: str, resume: bool = False, *, context: list[st
     t_start, out_dir = time.time(), Path(out)
     inputs = read_inputs(cfg, context, prompts, eval_qa, retention)
     models = open_models(cfg, out_dir, resume)
+    if models.accelerator.is_main_process:  # before OUT/data/queries.jsonl is reused
+        check_data_inputs(out_dir, {"context_sha256": [sha256_text(inputs.context.text)], "prompts": inputs.prompts,
+                                    **({} if inputs.prompts else {k: getattr(cfg, k) for k in QUERY_KEYS})})
     queries = make_queries(cfg, inputs, models, out_dir)
     setup = set_up(cfg, models, queries)
     collate = SampleCollate(cfg, models, queries, setup)
