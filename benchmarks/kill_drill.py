@@ -1,13 +1,15 @@
 """Kill drill: SIGKILL a real training run at random moments, resume it, and compare with an uninterrupted run.
 
 The run is `distill offline` on the default model (the bundled persona, a few prompts, a short schedule with a
-checkpoint every few steps). One uninterrupted run gives the reference. Each drill starts the same command in a
-fresh folder, kills it with SIGKILL at a random moment of the reference's timeline (sampling, training, checkpoint
-writing, evaluation), resumes it with --resume until it finishes, and compares:
+checkpoint every two steps). One uninterrupted run gives the reference timeline. Drill n starts the same command in
+a fresh folder and kills it with SIGKILL at a random moment of the n-th tenth of that timeline (so the kills cover
+model loading and sampling, training, evaluation and the report); the last drill instead waits for a checkpoint's
+temporary file and kills while torch.save writes it. Each drill then resumes with --resume until the run finishes,
+and compares:
 - the adapter weights with the reference's (the run is deterministic on the CPU: they must be identical);
 - the evaluation (accuracy and answers) and the step count;
-- the folder: no temporary or half-written files left (atomic writes leave `.name.*`, `.tmp-*`, `.adapter-*`,
-  `*.old` only while writing), and no lock held.
+- the folder: no temporary or half-written files left (atomic writes leave `.NAME.XXXXXXXX`, `.tmp-*`,
+  `.adapter-*` only while writing), and no lock held.
 
     python benchmarks/kill_drill.py [--drills 10] [--seed 0] [--out runs/kill_drill]
 """
@@ -83,14 +85,31 @@ def compare(out: Path, reference: Path) -> tuple[float, bool]:
     return diff, same
 
 
-def drill(n: int, at: float, root: Path, prompts: Path, reference: Path) -> dict:
+def after(seconds: float):
+    """Kill at a moment of the timeline."""
+    def wait(out: Path, proc) -> None:
+        time.sleep(seconds)
+    return wait
+
+
+def while_writing_a_checkpoint(out: Path, proc) -> None:
+    """Kill the moment a checkpoint's temporary file appears (torch.save is writing it)."""
+    while proc.poll() is None and not any((out / "checkpoint").glob(".state*.pt.*")):
+        time.sleep(0.005)
+
+
+def drill(n: int, wait, root: Path, prompts: Path, reference: Path) -> dict:
     out = root / f"drill{n}"
+    t0 = time.time()
     proc = subprocess.Popen(command(out, prompts, False), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(at)
+    wait(out, proc)
+    at = time.time() - t0
     finished_first = proc.poll() is not None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     phase = "finished before the kill" if finished_first else phase_of(out)
+    if wait is while_writing_a_checkpoint and not finished_first:
+        phase = "checkpoint writing"
     resumes = 0
     while not (out / "manifest.json").exists() or resumes == 0:
         run_to_end(out, prompts, resume=True)
@@ -129,8 +148,10 @@ def main() -> None:
     print(f"uninterrupted run: {seconds:.0f}s")
     rng = random.Random(args.seed)
     rows = []
-    for n in range(1, args.drills + 1):
-        rows.append(drill(n, rng.uniform(3.0, seconds), root, prompts, reference))
+    for n in range(1, args.drills + 1):  # one moment in each tenth of the timeline: sampling comes first
+        at = rng.uniform(seconds * (n - 1) / args.drills, seconds * n / args.drills)
+        wait = while_writing_a_checkpoint if n == args.drills else after(max(at, 3.0))
+        rows.append(drill(n, wait, root, prompts, reference))
         print(f"drill {n}: {rows[-1]['phase']}, killed at {rows[-1]['killed_at_s']}s -> "
               f"{'pass' if rows[-1]['passed'] else 'FAIL'}", flush=True)
     text = table(rows)

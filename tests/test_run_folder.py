@@ -254,3 +254,15 @@ def test_resume_removes_only_the_half_written_files_of_a_killed_run(tmp_path):
     assert sorted(removed) == sorted([".tmp-abc123", ".adapter-old-x1", "checkpoint/.state.pt.ab12cd34",
                                       ".manifest.json.k2j3h4g5"])
     assert all(p.exists() for p in kept) and not any(p.exists() for p in partial)
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
+    """A manifest or report written atomically is as readable as one written with open() (mkstemp alone gives 0600)."""
+    import os
+
+    from ctxdistill.core.files import atomic_write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write_text(tmp_path / "atomic.txt", "x")
+    assert os.stat(tmp_path / "atomic.txt").st_mode & 0o777 == os.stat(plain).st_mode & 0o777
