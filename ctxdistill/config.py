@@ -276,6 +276,13 @@ class OnpolicyConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSectio
     lr: NonNegative = 2e-3
     warmup_ratio: Share = 0.05
 
+    @model_validator(mode="after")
+    def _live_teacher_needs_lora(self):
+        if self.teacher == "live" and self.finetune != "lora":
+            raise ValueError("teacher=live reads the context with the student's current weights; it needs "
+                             "finetune=lora (a full fine-tune would score with the weights it is updating).")
+        return self
+
 
 class ExperienceConfig(OnpolicyConfig):
     """experience: solve tasks, write notes from the traces, keep the best, consolidate them on-policy"""

@@ -43,12 +43,17 @@ def test_unknown_config_key_lists_valid_keys_including_lr(tmp_path, capsys, pers
     assert not (tmp_path / "run").exists()
 
 
-def test_unknown_key_in_yaml_names_the_file(tmp_path):
+def yaml_error(tmp_path, text: str) -> tuple[str, Path]:
+    """(the error message, the file) of loading a YAML config holding `text`."""
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("epoch: 2\n")
+    cfg.write_text(text)
     with pytest.raises(CtxDistillError) as e:
         load_config(config_file=str(cfg))
-    msg = str(e.value)
+    return str(e.value), cfg
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path):
+    msg, cfg = yaml_error(tmp_path, "epoch: 2\n")
     assert "'epoch'" in msg and str(cfg) in msg and has_word(msg, "epochs")
 
 
@@ -118,21 +123,13 @@ def test_yaml_config_missing_file(tmp_path):
 
 
 def test_yaml_config_invalid_yaml(tmp_path):
-    cfg = tmp_path / "bad.yaml"
-    cfg.write_text("lr: [0.1\nepochs: 2\n")
-    with pytest.raises(CtxDistillError) as e:
-        load_config(config_file=str(cfg))
-    msg = str(e.value)
+    msg, cfg = yaml_error(tmp_path, "lr: [0.1\nepochs: 2\n")
     assert "not valid YAML" in msg and str(cfg) in msg and "line" in msg
 
 
 @pytest.mark.parametrize("text", ["- lr: 0.1\n- epochs: 2\n", "just a string\n", "42\n"])
 def test_yaml_config_not_a_mapping(tmp_path, text):
-    cfg = tmp_path / "list.yaml"
-    cfg.write_text(text)
-    with pytest.raises(CtxDistillError) as e:
-        load_config(config_file=str(cfg))
-    msg = str(e.value)
+    msg, cfg = yaml_error(tmp_path, text)
     assert "must be a YAML mapping" in msg and "key: value" in msg and str(cfg) in msg
 
 
@@ -190,3 +187,8 @@ def test_foreign_keys_and_flags_are_refused_by_the_cli_before_anything_runs(tmp_
     err = cli_error(capsys, [*argv, "--out", str(tmp_path / "run")])
     assert needle in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_live_teacher_with_full_finetuning_is_refused_by_the_config():
+    with pytest.raises(CtxDistillError, match="teacher=live .* needs finetune=lora"):
+        load_config("onpolicy", sets=["teacher=live", "finetune=full"])

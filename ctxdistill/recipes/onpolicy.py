@@ -105,10 +105,7 @@ def read_inputs(cfg: OnpolicyConfig, context: list[str] | None, prompts: str | N
 
 
 def open_models(cfg: OnpolicyConfig, out: Path, resume: bool) -> Models:
-    live = cfg.teacher == "live"
-    if live and cfg.finetune != "lora":
-        raise CtxDistillError("teacher=live reads the context with the student's current weights; it needs "
-                              "finetune=lora (a full fine-tune would score with the weights it is updating).")
+    live = cfg.teacher == "live"  # OnpolicyConfig has checked that a live teacher comes with LoRA
     accelerator, model, tokenizer, base_path = open_run(cfg, out, resume)
     other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device, model) \
         if cfg.teacher and not live else None
