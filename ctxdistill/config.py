@@ -202,11 +202,16 @@ class TeacherSection(Section):
                            "same tokenizer")
     context_kind: Literal["system", "prefix", "document"] = doc("system", "where the context goes in the chat")
     prefix_cache: bool = doc(True, "encode the context once; every teacher forward reuses its KV cache")
+    amplify: NonNegative = doc(0.0, "α of context-amplified teacher targets (and offline samples): (1+α)·log p(·|c,x) "
+                                    "− α·log p(·|x); 0: the teacher as is")
 
 
 class QuerySection(Section):
     """queries and samples"""
-    num_queries: Positive = doc(64, "synthesized when there are no prompts")
+    num_queries: Positive = doc(64, "made when there are no prompts: probes of the context's statements, everyday "
+                                    "requests, model-written queries; all through the quality gate")
+    everyday_fraction: Share = doc(0.25, "no prompts: share of the queries taken from the bundled everyday requests")
+    probes_per_statement: Count = doc(3, "no prompts: questions about each statement of the context (0: none)")
     query_temperature: PositiveFloat = 1.0
     sample_temperature: NonNegative = doc(0.8, "0: greedy")
 
@@ -243,6 +248,8 @@ class OfflineConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection
     scratchpad_instruction: str = "Think step by step, then write 'Answer:' followed by the final answer."
     teacher_cache: bool = doc(False, "score the samples once, keep the teacher's top-k on disk (needs top_k > 0)")
     samples_per_query: Positive = 8
+    evidence_filter: Annotated[float, Field(ge=0, lt=1)] = doc(
+        0.0, "drop this share of the teacher samples the context explains least (mean log p(y|c,x) − log p(y|x))")
 
     @model_validator(mode="after")
     def _offline_rules(self):
@@ -251,6 +258,10 @@ class OfflineConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection
         if self.teacher == "live":
             raise ValueError("teacher=live (the current student as its own teacher) is for the onpolicy recipe; "
                              "offline samples are written before training, by a fixed teacher.")
+        if self.amplify and (self.teacher_cache or self.mode == "ensemble" or self.example_sets > 1):
+            raise ValueError("amplify sharpens one teacher view against the same model without the context; it "
+                             "needs the live teacher (teacher_cache=false) and one view (mode=sequential, "
+                             "example_sets=1).")
         if self.teacher_cache and (not self.top_k or self.top_k_support != "teacher"):
             raise ValueError("teacher_cache stores the teacher's top-k: set top_k > 0 and top_k_support=teacher.")
         objective = self.build_objective()
@@ -301,10 +312,15 @@ class ExperienceConfig(OnpolicyConfig):
 
 
 class DiscConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection, DocumentSection, EvalSection):
-    """disc: teacher = frozen initial model on prefix + suffix, student = suffix alone, forward KL at T=2 (x T^2)"""
+    """disc: teacher = frozen initial model on prefix + suffix, student = suffix alone; forward KL at T=2 (x T^2) plus
+    the suffix's own tokens (sft), full weights. The paper's loss alone: --config configs/presets/disc-paper.yaml"""
+    finetune: Literal["lora", "full"] = doc("full", "full: measured to learn facts stated once; the paper: lora")
+    objective: Union[str, dict] = doc(
+        {"forward_kl": 0.25, "sft": 1.0}, "the hybrid: KL to the prefix-conditioned teacher regularises next-token "
+                                          "learning of the suffix; the paper: forward_kl")
     temperature: PositiveFloat = 2.0
     t2_scaling: bool = True
-    lr: NonNegative = 1e-3
+    lr: NonNegative = doc(1e-4, "the paper's LoRA: 1e-3")
     warmup_ratio: Share = 0.05
     epochs: NonNegative = doc(20.0, "passes over the documents; each pass draws fresh splits")
     batch_size: Positive = doc(1, "documents per optimizer step: a document's splits accumulate into one step")
@@ -312,7 +328,7 @@ class DiscConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection, D
     split_strategy: Literal["random", "middle", "uniform", "token"] = doc(
         "random", "random (splits_per_doc - 1 random sentence boundaries + the last sentence) | middle | uniform | "
                   "token")
-    splits_per_doc: Positive = doc(4, "(prefix, suffix) splits per document per step")
+    splits_per_doc: Positive = doc(8, "(prefix, suffix) splits per document per step")
     max_suffix_tokens: Count = doc(0, "0: the rest of the document, up to half the window")
 
 

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ctxdistill.core.forward import PrefixKV, base_model
+from ctxdistill.core.objectives import amplified_logprobs
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
@@ -89,26 +90,46 @@ def sample_next(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.searchsorted(cdf, u).clamp_(max=cdf.shape[-1] - 1)[:, 0]
 
 
+class _Stream:
+    """One batch of sequences decoding over its own KV cache: prefill, then one token at a time."""
+
+    def __init__(self, model, input_ids: torch.Tensor, attention: torch.Tensor, cache=None):
+        from transformers import DynamicCache
+
+        self.model, self.attention = model, attention
+        self.cache = cache if cache is not None else DynamicCache(config=base_model(model).config)
+        done_cols = self.cache.get_seq_length()
+        positions = (attention.cumsum(-1) - 1).clamp_min(0)
+        self.logits = model(input_ids=input_ids[:, done_cols:], attention_mask=attention,
+                            position_ids=positions[:, done_cols:], cache=self.cache, use_cache=True,
+                            logits_to_keep=1).logits[:, -1]
+        self.next_pos = positions[:, -1] + 1
+
+    def feed(self, token: torch.Tensor) -> None:
+        self.attention = torch.cat([self.attention, self.attention.new_ones(self.attention.shape[0], 1)], 1)
+        self.logits = self.model(input_ids=token[:, None], attention_mask=self.attention,
+                                 position_ids=self.next_pos[:, None], cache=self.cache, use_cache=True).logits[:, -1]
+        self.next_pos = self.next_pos + 1
+
+
 @torch.no_grad()
 def decode(model, input_ids: torch.Tensor, attention: torch.Tensor, *, max_new_tokens: int, min_new_tokens: int = 0,
-           temperature: float = 1.0, stops: list[int], pad_id: int, cache=None) -> torch.Tensor:
+           temperature: float = 1.0, stops: list[int], pad_id: int, cache=None, contrast=None,
+           alpha: float = 0.0) -> torch.Tensor:
     """A lean sampling loop over the KV cache (B × new tokens, padded after a row's stop token).
 
     `cache` may already hold the first columns of `input_ids` (a shared prefix); positions follow the mask, so left
-    padding and padding after a prefix are both skipped."""
-    from transformers import DynamicCache
-
-    cache = cache if cache is not None else DynamicCache(config=base_model(model).config)
-    done_cols = cache.get_seq_length()
-    positions = (attention.cumsum(-1) - 1).clamp_min(0)
+    padding and padding after a prefix are both skipped. With `contrast` ((ids, attention) of the same rows without
+    the context) and `alpha` > 0, tokens are drawn from the context-amplified distribution
+    (objectives.amplified_logprobs); both views are fed every token drawn."""
+    stream = _Stream(model, input_ids, attention, cache)
+    plain = _Stream(model, *contrast) if contrast is not None and alpha > 0 else None
     stop_ids = torch.tensor(stops, device=input_ids.device)
-    out = model(input_ids=input_ids[:, done_cols:], attention_mask=attention, position_ids=positions[:, done_cols:],
-                cache=cache, use_cache=True, logits_to_keep=1)
-    next_pos = positions[:, -1] + 1
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     tokens = []
     for step in range(max_new_tokens):
-        logits = out.logits[:, -1]
+        logits = stream.logits if plain is None else amplified_logprobs(stream.logits.float(), plain.logits.float(),
+                                                                        alpha)
         if step < min_new_tokens:
             logits = logits.index_fill(-1, stop_ids, float("-inf"))
         token = sample_next(logits, temperature).masked_fill(finished, pad_id)
@@ -116,21 +137,33 @@ def decode(model, input_ids: torch.Tensor, attention: torch.Tensor, *, max_new_t
         finished |= torch.isin(token, stop_ids)
         if bool(finished.all()) or step == max_new_tokens - 1:
             break
-        attention = torch.cat([attention, attention.new_ones(attention.shape[0], 1)], 1)
-        out = model(input_ids=token[:, None], attention_mask=attention, position_ids=next_pos[:, None],
-                    cache=cache, use_cache=True)
-        next_pos = next_pos + 1
+        stream.feed(token)
+        if plain is not None:
+            plain.feed(token)
     return torch.stack(tokens, 1)
+
+
+def _left_padded(rows: list[list[int]], pad_id: int, width: int, offset: int = 0):
+    """(ids, attention) of `rows` left-padded to `width` columns after `offset` columns left for a prefix."""
+    input_ids = torch.full((len(rows), offset + width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), offset + width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        if row:
+            input_ids[r, offset + width - len(row):] = torch.tensor(row)
+            attention[r, offset + width - len(row):] = 1
+    return input_ids, attention
 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int = 128, temperature: float = 1.0,
              batch_size: int = 64, desc: str = "generating", seed: int | None = None,
-             show_progress: bool = True, min_new_tokens: int = 0, prefix: PrefixKV | None = None) -> list[list[int]]:
+             show_progress: bool = True, min_new_tokens: int = 0, prefix: PrefixKV | None = None,
+             contrast: list[list[int]] | None = None, alpha: float = 0.0) -> list[list[int]]:
     """Complete each prompt (token ids); temperature 0 is greedy. Returns completion ids, stop token included.
 
     With `prefix` (the encoded KV cache of ids every prompt starts with, e.g. the context), each batch reuses it and
-    only the rest of each prompt is prefilled; the rest is left-padded after the prefix, masked out."""
+    only the rest of each prompt is prefilled; the rest is left-padded after the prefix, masked out. With `contrast`
+    (each prompt without its context) and `alpha` > 0, sampling is context-amplified (see `decode`)."""
     if seed is not None:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
@@ -148,20 +181,19 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int 
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             width = max(len(prompts[i]) for i in idx) - p_len
-            input_ids = torch.full((len(idx), p_len + width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(idx), p_len + width), dtype=torch.long)
+            input_ids, attention = _left_padded([prompts[i][p_len:] for i in idx], pad_id, width, p_len)
             if p_len:
                 input_ids[:, :p_len] = torch.tensor(prefix.ids)
                 attention[:, :p_len] = 1
-            for row, i in enumerate(idx):
-                rest = prompts[i][p_len:]
-                input_ids[row, p_len + width - len(rest):] = torch.tensor(rest)
-                attention[row, p_len + width - len(rest):] = 1
             cache = prefix.expand(len(idx), base_model(model).config) if p_len else None
+            plain = None
+            if contrast is not None and alpha > 0:
+                plain = tuple(t.to(device) for t in _left_padded([contrast[i] for i in idx], pad_id,
+                                                                 max(len(contrast[i]) for i in idx)))
             with decode_attention(model, len(idx), p_len + width + max_new_tokens):
                 generated = decode(model, input_ids.to(device), attention.to(device), max_new_tokens=max_new_tokens,
                                    min_new_tokens=min_new_tokens, temperature=temperature, stops=stops,
-                                   pad_id=pad_id, cache=cache)
+                                   pad_id=pad_id, cache=cache, contrast=plain, alpha=alpha)
             for row, i in enumerate(idx):
                 out[i] = _trim(generated[row].tolist(), set(stops), pad_id)
             bar.update(len(idx))

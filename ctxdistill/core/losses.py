@@ -80,9 +80,12 @@ class DistillLoss(torch.nn.Module):
     `teacher` is a Teacher (live forward, optionally with an encoded prefix), a TopKCache, or None (SFT only)."""
 
     def __init__(self, student, teacher: Teacher | TopKCache | None, objective: Objective | None = None,
-                 chunk_size: int = 256, skip_first: int = 0, ensemble_weighting: str = "posterior"):
+                 chunk_size: int = 256, skip_first: int = 0, ensemble_weighting: str = "posterior",
+                 amplify: float = 0.0):
         super().__init__()
         objective = objective or Objective()
+        if amplify and not isinstance(teacher, Teacher):
+            raise CtxDistillError("Context-amplified targets (amplify > 0) need a live teacher, not a top-k cache.")
         if objective.needs_teacher and teacher is None:
             raise CtxDistillError(f"The objective {dict(objective.terms)} needs a teacher.")
         if isinstance(teacher, TopKCache):
@@ -106,6 +109,7 @@ class DistillLoss(torch.nn.Module):
         if ensemble_weighting not in ("posterior", "uniform"):
             raise CtxDistillError(f"ensemble_weighting must be posterior or uniform, got {ensemble_weighting!r}.")
         self.chunk_size, self.skip_first, self.ensemble_weighting = chunk_size, skip_first, ensemble_weighting
+        self.amplify = amplify  # α of context-amplified targets (objectives.amplified_logprobs); 0: the teacher as is
 
     def forward(self, batch: PairBatch):
         device = next(self.student.parameters()).device
@@ -119,6 +123,8 @@ class DistillLoss(torch.nn.Module):
             teacher_rows = self.teacher.rows(batch.pairs, self.skip_first)
             teacher_rows.ids, teacher_rows.logp = teacher_rows.ids.to(device), teacher_rows.logp.to(device)
         elif self.teacher is not None and batch.view_weights is not None:  # an ensemble: mix the views
+            if self.amplify:
+                raise CtxDistillError("Context-amplified targets are not defined for an ensemble of teacher views.")
             if with_layers:
                 raise CtxDistillError("The hidden-state term is not defined for an ensemble of teacher views.")
             views = self.teacher.view_rows(batch.pairs, self.skip_first)
@@ -133,7 +139,9 @@ class DistillLoss(torch.nn.Module):
         elif self.teacher is not None:
             t_final, t_layers, offset = self.teacher.states(batch.teacher_ids, batch.teacher_mask, with_layers)
             t_idx = (batch.teacher_rows[0], batch.teacher_rows[1] - offset)
-            teacher_rows = TeacherLogits(t_final[t_idx], self.teacher.head)
+            plain = self.teacher.plain_states(batch.student_ids, batch.student_mask)[batch.student_rows] \
+                if self.amplify else None
+            teacher_rows = TeacherLogits(t_final[t_idx], self.teacher.head, plain, self.amplify)
         loss = head_loss(s_rows, output_head(self.student), teacher_rows if obj.needs_teacher_logits else None,
                          batch.labels, obj, self.chunk_size) if obj.terms else s_rows.sum() * 0.0
         if with_layers:
@@ -149,3 +157,21 @@ class DistillLoss(torch.nn.Module):
         per_pair = torch.zeros(n_pairs, logp.shape[1], device=logp.device)
         per_pair.index_add_(0, views.query_pair, logp)
         return torch.softmax(prior.clamp_min(1e-30).log() + per_pair[row_pair], dim=1) * (prior > 0)
+
+
+@torch.no_grad()
+def context_evidence(model, pairs: list[Pair], pad_id: int, batch_size: int = 8) -> list[float]:
+    """How much the context explains each pair's completion: the mean over its tokens of
+    log p(y_t | c, x, y_<t) − log p(y_t | x, y_<t), both under `model` (the teacher's weights)."""
+    head, scores = output_head(model), []
+    device = next(model.parameters()).device
+    for start in range(0, len(pairs), batch_size):
+        batch = collate_pairs(pairs[start:start + batch_size], pad_id).to(device)
+        t_final = decoder_states(model, batch.teacher_ids, batch.teacher_mask)[0][batch.teacher_rows]
+        s_final = decoder_states(model, batch.student_ids, batch.student_mask)[0][batch.student_rows]
+        gain = token_logprobs(t_final, head, batch.labels) - token_logprobs(s_final, head, batch.labels)
+        n_pairs = len(batch.pairs)
+        total = torch.zeros(n_pairs, device=device).index_add_(0, batch.student_rows[0], gain)
+        count = torch.zeros(n_pairs, device=device).index_add_(0, batch.student_rows[0], torch.ones_like(gain))
+        scores += (total / count.clamp_min(1)).tolist()
+    return scores

@@ -143,6 +143,13 @@ class Teacher:
             final, layers = decoder_states(self.model, input_ids[:, p:], attention_mask[:, p:], all_layers, prefix)
             return final, layers, p
 
+    @torch.no_grad()
+    def plain_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The teacher's final hidden states on a view without the context (the student's view): the contrast of
+        context-amplified targets."""
+        with self._weights():
+            return decoder_states(self.model, input_ids, attention_mask)[0]
+
     @property
     def head(self) -> torch.nn.Module:
         return output_head(self.model)

@@ -42,11 +42,16 @@ class TrainSettings:
 @dataclass
 class TrainResult:
     steps_done: int
-    total_steps: int
-    stopped_by_budget: bool
+    total_steps: int  # the schedule that ran: the planned steps, or fewer when fitted to the deadline
+    stopped_by_budget: bool  # the safety net: the deadline came before the (fitted) schedule ended
     seconds: float
     tokens_per_second: float
     loss_history: list[float] = field(default_factory=list)
+    planned_steps: int = 0  # what the epochs / max_steps asked for
+
+    @property
+    def fitted_to_budget(self) -> bool:
+        return self.total_steps < self.planned_steps
 
     @property
     def final_loss(self) -> float:
@@ -72,22 +77,44 @@ def step_examples(step: int, n_examples: int, batch_size: int, seed: int) -> lis
             for pos in range(step * batch_size, (step + 1) * batch_size)]
 
 
-def make_scheduler(optimizer, s: TrainSettings, total_steps: int):
-    warmup = int(round(s.warmup_ratio * total_steps))
+class Schedule:
+    """Warm-up then decay over `total` steps; `total` may be cut once the loop knows its speed (fit_to_deadline),
+    so the whole schedule, warm-up and decay, ends inside the budget. A callable object, so the scheduler's state
+    dict (the checkpoint) keeps the fitted `total`."""
 
-    def factor(step: int) -> float:
+    def __init__(self, s: TrainSettings, total: int):
+        self.warmup_ratio, self.kind, self.total = s.warmup_ratio, s.schedule, total
+
+    def __call__(self, step: int) -> float:
+        warmup = int(round(self.warmup_ratio * self.total))
         if step < warmup:
             return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        if s.schedule == "cosine":
+        progress = (step - warmup) / max(1, self.total - warmup)
+        if self.kind == "cosine":
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        if s.schedule == "linear":
+        if self.kind == "linear":
             return max(0.0, 1 - progress)
         return 1.0
 
+
+def make_scheduler(optimizer, s: TrainSettings, total_steps: int):
     if s.schedule not in ("cosine", "linear", "constant"):
         raise CtxDistillError(f"Unknown schedule '{s.schedule}'. Use cosine, linear or constant.")
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, Schedule(s, total_steps))
+
+
+PROBE_STEPS = 3  # steps timed before the schedule is fitted to the deadline (the first one also warms caches up)
+FIT_MARGIN = 0.95  # share of the time left that the fitted schedule plans to use
+
+
+def fit_to_deadline(step_times: list[float], steps_done: int, total: int, deadline: float) -> int:
+    """The number of steps whose whole schedule ends before `deadline`, from the speed measured so far (never more
+    than `total`, never fewer than the steps done + 1). The first step's time (caches, allocation) is left out when
+    there are later ones."""
+    timed = step_times[1:] if len(step_times) > 1 else step_times
+    per_step = sum(timed) / len(timed)
+    left = max(0.0, deadline - time.time()) * FIT_MARGIN
+    return max(steps_done + 1, min(total, steps_done + int(left / max(per_step, 1e-9))))
 
 
 def _micro_batches(accelerator, s: TrainSettings) -> int:
@@ -139,6 +166,36 @@ def _forward_backward(accelerator, model, batches: list) -> tuple[float, int]:
     return float(accelerator.reduce(loss_sum, reduction="sum")) / step_tokens, tokens
 
 
+def _check_finite(step_loss: float, step: int, checkpoint_path: Path, bar) -> None:
+    if math.isfinite(step_loss):
+        return
+    bar.close()
+    kept = (f"The last checkpoint ({checkpoint_path}) is intact" if checkpoint_path.exists()
+            else "No checkpoint was written yet")
+    raise CtxDistillError(f"The loss became {step_loss} at step {step}: training diverged. {kept}; lower "
+                          "the learning rate (--set lr=...) or check the data, then run again with --resume.")
+
+
+def _refit(accelerator, scheduler, step_times: list[float], steps_done: int, deadline: float, bar) -> None:
+    """Cut the schedule when the steps left would overrun the deadline at the speed measured so far (the next
+    learning rate already follows the cut); every process takes the main process's number, so they agree."""
+    from accelerate.utils import broadcast
+
+    schedule = scheduler.lr_lambdas[0]
+    per_step = sum(step_times[1:]) / len(step_times[1:])
+    late = time.time() + (schedule.total - steps_done) * per_step > deadline
+    fitted = fit_to_deadline(step_times, steps_done, schedule.total, deadline) if late else schedule.total
+    fitted = int(broadcast(torch.tensor([fitted], device=accelerator.device), from_process=0).item())
+    if fitted >= schedule.total:
+        return
+    accelerator.print(f"Fitting the schedule to the time budget: {fitted} steps instead of {schedule.total} "
+                      f"({per_step:.1f}s per step).")
+    schedule.total = bar.total = fitted
+    for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * schedule(scheduler.last_epoch)
+    bar.refresh()
+
+
 def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate: Callable, s: TrainSettings,
           checkpoint_path: Path, resume: bool = False, fingerprint: str = "") -> TrainResult:
     """Optimize `loss_module` on `examples`, averaging the loss over every loss row of a step.
@@ -148,7 +205,7 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
     if not examples:
         raise CtxDistillError("No training examples: nothing to learn from. Check the prompts and the samples.")
     micro = _micro_batches(accelerator, s)
-    total = total_steps_for(len(examples), s)
+    total = planned = total_steps_for(len(examples), s)
     torch.manual_seed(s.seed)
     params = [p for p in loss_module.parameters() if p.requires_grad]
     if not params:
@@ -174,43 +231,44 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
         accelerator.wait_for_everyone()
 
     world, rank = accelerator.num_processes, accelerator.process_index
-    bar = tqdm(total=total, initial=start_step, desc="training", unit="step", dynamic_ncols=True,
+    schedule = scheduler.lr_lambdas[0]  # its `total` is the checkpoint's after a resume
+    bar = tqdm(total=schedule.total, initial=start_step, desc="training", unit="step", dynamic_ncols=True,
                disable=not accelerator.is_local_main_process)
     model.train()
-    t0, tokens_seen, stopped, step = time.time(), 0, False, start_step
-    for step in range(start_step, total):
+    t0, tokens_seen, stopped, step, step_times = time.time(), 0, False, start_step, []
+    while step < schedule.total:
+        t_step = time.time()
         ids = step_examples(step, len(examples), s.batch_size, s.seed)
         mine = [ids[j:j + micro] for j in range(0, len(ids), micro)][rank::world]  # this process's micro-batches
-        batches = [collate([examples[i] for i in batch_ids]) for batch_ids in mine]
-        step_loss, n_input_tokens = _forward_backward(accelerator, model, batches)
+        step_loss, n_input_tokens = _forward_backward(accelerator, model, [collate([examples[i] for i in b])
+                                                                           for b in mine])
         tokens_seen += n_input_tokens
-        if not math.isfinite(step_loss):
-            bar.close()
-            kept = (f"The last checkpoint ({checkpoint_path}) is intact" if checkpoint_path.exists()
-                    else "No checkpoint was written yet")
-            raise CtxDistillError(f"The loss became {step_loss} at step {step}: training diverged. {kept}; lower "
-                                  "the learning rate (--set lr=...) or check the data, then run again with --resume.")
+        _check_finite(step_loss, step, checkpoint_path, bar)
         if s.grad_clip > 0:
             accelerator.clip_grad_norm_(params, s.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         history.append(step_loss)
-        elapsed = time.time() - t0
-        bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_seen * world / max(elapsed, 1e-9):.0f}",
+        step += 1
+        step_times.append(time.time() - t_step)
+        if s.deadline is not None and len(step_times) >= PROBE_STEPS:
+            _refit(accelerator, scheduler, step_times, step, s.deadline, bar)
+        bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_seen * world / max(time.time() - t0, 1e-9):.0f}",
                         lr=f"{scheduler.get_last_lr()[0]:.2e}")
         bar.update(1)
         out_of_time = torch.tensor(float(s.deadline is not None and time.time() > s.deadline),
                                    device=accelerator.device)
-        stopped = bool(accelerator.reduce(out_of_time, reduction="sum") > 0) and step + 1 < total
-        if stopped or (s.checkpoint_every and (step + 1) % s.checkpoint_every == 0):
-            save_checkpoint(step + 1)
+        stopped = bool(accelerator.reduce(out_of_time, reduction="sum") > 0) and step < schedule.total
+        if stopped or (s.checkpoint_every and step % s.checkpoint_every == 0):
+            save_checkpoint(step)
         if stopped:
-            accelerator.print(f"Time budget reached after {step + 1}/{total} steps; checkpoint saved.")
+            accelerator.print(f"Time budget reached after {step}/{schedule.total} steps; checkpoint saved.")
             break
     bar.close()
-    steps_done = (step + 1) if total > start_step else start_step
+    steps_done, total = step, schedule.total
     if not stopped:
         save_checkpoint(steps_done)
     seconds = time.time() - t0
-    return TrainResult(steps_done, total, stopped, seconds, tokens_seen * world / max(seconds, 1e-9), history)
+    return TrainResult(steps_done, total, stopped, seconds, tokens_seen * world / max(seconds, 1e-9), history,
+                       planned_steps=planned)

@@ -1,55 +1,147 @@
-"""Query synthesis: the model, shown the context and a few example queries, writes new ones (sampled, deduped)."""
+"""Training queries from a bare context: probes of each statement, everyday requests, and model-written queries,
+every one through the quality gate (query_gate.py).
+
+A small model asked to "write a question a user might ask" writes role-play, fragments and other languages (the
+default 135M model did, most of the time), so nothing it writes is used unchecked. The plan, for `n` queries:
+1. probes: the context split into its statements; for each, questions the model writes about that one sentence
+   (gated), topped up with deterministic templates, so every statement is exercised;
+2. everyday requests (bundled, written for this project) at `everyday_fraction`: the teacher answers ordinary
+   requests with the context in place, so its influence is learned everywhere, not only on questions about it
+   (Askell et al. 2021 distil a system prompt this way);
+3. the rest: queries the model writes shown the context and a few accepted ones (gated).
+"""
 
 from __future__ import annotations
 
+import json
 import random
-import re
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from ctxdistill.core.generation import generate
 from ctxdistill.core.pairs import render_prompt
+from ctxdistill.data.query_gate import QueryGate, clean_query, context_statements, language_profile, template_probes
 
-SEED_QUERIES = [
-    "Can you tell me about yourself?",
-    "What should I know before we start?",
-    "Summarize the most important points for me.",
-    "How would you answer a question from a new user?",
-    "What is something you know that I might not?",
-]
+EVERYDAY_REQUESTS = Path(__file__).resolve().parent / "everyday_requests.json"
 
+PROBE_TEMPLATE = ("Here is a sentence:\n\n{statement}\n\nWrite one question that a user could ask and that this "
+                  "sentence answers. Reply with the question only.")
 SYNTH_TEMPLATE = (
     "Here is some information an assistant has been given:\n\n{context}\n\n"
     "Here are examples of questions a user might ask that assistant:\n{examples}\n\n"
-    "Write one new, different question a user might ask. Reply with the question only."
-)
+    "Write one new, different question a user might ask. Reply with the question only.")
+SEED_QUERIES = ["Can you tell me about yourself?", "What should I know before we start?",
+                "What is something you know that I might not?"]
+RAW_EXAMPLES = 20  # model-written queries shown in the report with the gate's verdict
+
+ORIGINS = ("probe (model)", "probe (template)", "everyday", "synthesized")
 
 
-def clean_query(text: str) -> str:
-    line = next((ln for ln in text.strip().splitlines() if ln.strip()), "")
-    line = re.sub(r"^\s*(?:[-*•]|\d+[.)]|question:|q:)\s*", "", line, flags=re.I)
-    return line.strip().strip('"“”').strip()
+def everyday_requests() -> list[str]:
+    return json.loads(EVERYDAY_REQUESTS.read_text(encoding="utf-8"))["requests"]
 
 
-def synthesize_queries(model, tokenizer, context_text: str, n: int, examples: list[str] | None = None,
-                       temperature: float = 1.0, batch_size: int = 64, seed: int = 0, max_rounds: int = 6) -> list[str]:
-    rng = random.Random(seed)
-    pool = list(examples or SEED_QUERIES)
-    found: dict[str, str] = {}
-    seen = {q.lower() for q in pool}
+@dataclass
+class QueryPlan:
+    """The accepted queries, each with its origin, and what the gate did."""
+
+    queries: list[dict] = field(default_factory=list)  # {"prompt", "origin"}
+    raw: list[dict] = field(default_factory=list)  # model-written, before the gate: {"text", "verdict"}
+    gate: dict = field(default_factory=dict)
+
+    def shares(self) -> dict[str, int]:
+        return {s: sum(q["origin"] == s for q in self.queries) for s in ORIGINS}
+
+
+class _Writer:
+    """Model-written candidates through the gate, keeping a sample of the raw outputs for the report."""
+
+    def __init__(self, model, tokenizer, gate: QueryGate, plan: QueryPlan, temperature: float, batch_size: int):
+        self.model, self.tokenizer, self.gate, self.plan = model, tokenizer, gate, plan
+        self.temperature, self.batch_size = temperature, batch_size
+
+    def write(self, instructions: list[str], seed: int, desc: str) -> list[str | None]:
+        """One candidate per instruction: the accepted query, or None."""
+        prompts = [render_prompt(self.tokenizer, text) for text in instructions]
+        outs = generate(self.model, self.tokenizer, prompts, max_new_tokens=40, temperature=self.temperature,
+                        batch_size=self.batch_size, seed=seed, desc=desc)
+        kept = []
+        for ids in outs:
+            text = clean_query(self.tokenizer.decode(ids, skip_special_tokens=True))
+            rejected_before = dict(self.gate.rejected)
+            accepted = self.gate.offer(text)
+            verdict = None if accepted else next(r for r, n in self.gate.rejected.items()
+                                                 if n != rejected_before.get(r, 0))
+            if len(self.plan.raw) < RAW_EXAMPLES:
+                self.plan.raw.append({"text": text, "verdict": verdict or "kept"})
+            kept.append(text if accepted else None)
+        return kept
+
+
+def probe_queries(writer: _Writer, statements: list[str], budget: int, per_statement: int, seed: int) -> list[dict]:
+    """Up to `per_statement` probes of each statement (model-written first, templates as the fallback), taken
+    round-robin over the statements so a budget smaller than the total still covers every statement."""
+    if not statements or budget <= 0:
+        return []
+    written = writer.write([PROBE_TEMPLATE.format(statement=s) for s in statements for _ in range(per_statement)],
+                           seed, "writing probe questions")
+    per = [[{"prompt": q, "origin": "probe (model)"} for q in written[i * per_statement:(i + 1) * per_statement] if q]
+           for i in range(len(statements))]
+    for i, statement in enumerate(statements):
+        for q in template_probes(statement):
+            if len(per[i]) >= per_statement:
+                break
+            if writer.gate.offer(q):
+                per[i].append({"prompt": q, "origin": "probe (template)"})
+    chosen = [row for rnd in range(per_statement) for rows in per if rnd < len(rows) for row in [rows[rnd]]]
+    return chosen[:budget]
+
+
+def everyday_queries(gate: QueryGate, context_text: str, n: int, seed: int) -> list[dict]:
+    """`n` bundled requests, for an English (or undetermined Latin-script) context: the pool is English."""
+    if language_profile(context_text) not in ("latin:en", "latin"):
+        return []
+    pool = everyday_requests()
+    picked = random.Random(seed).sample(pool, min(n, len(pool)))
+    return [{"prompt": q, "origin": "everyday"} for q in picked if gate.offer(q)]
+
+
+def synthesized_queries(writer: _Writer, context_text: str, n: int, shots: list[str], seed: int,
+                        max_rounds: int = 4) -> list[dict]:
+    rng, found = random.Random(seed), []
+    pool = list(shots or SEED_QUERIES)
     for round_ in range(max_rounds):
         need = n - len(found)
         if need <= 0:
             break
-        prompts = []
-        for _ in range(max(need * 2, 8)):  # oversample: duplicates and junk are dropped
-            shots = rng.sample(pool + list(found.values()), k=min(3, len(pool) + len(found)))
-            text = SYNTH_TEMPLATE.format(context=context_text, examples="\n".join(f"- {q}" for q in shots))
-            prompts.append(render_prompt(tokenizer, text))
-        outs = generate(model, tokenizer, prompts, max_new_tokens=48, temperature=temperature,
-                        batch_size=batch_size, seed=seed + round_, desc=f"synthesizing queries (round {round_ + 1})")
-        for ids in outs:
-            q = clean_query(tokenizer.decode(ids, skip_special_tokens=True))
-            key = re.sub(r"\W+", " ", q.lower()).strip()
-            if 8 <= len(q) <= 200 and key and key not in seen:
-                seen.add(key)
-                found[key] = q
-    return list(found.values())[:n]
+        instructions = [SYNTH_TEMPLATE.format(context=context_text, examples="\n".join(
+            f"- {q}" for q in rng.sample(pool, k=min(3, len(pool))))) for _ in range(max(need * 2, 8))]
+        for q in writer.write(instructions, seed + round_, f"synthesizing queries (round {round_ + 1})"):
+            if q and len(found) < n:
+                found.append({"prompt": q, "origin": "synthesized"})
+    return found
+
+
+def plan_queries(model, tokenizer, context_text: str, n: int, *, everyday_fraction: float = 0.25,
+                 probes_per_statement: int = 3, temperature: float = 1.0, batch_size: int = 64,
+                 seed: int = 0) -> QueryPlan:
+    """`n` gated queries for a context given without prompts (see the module note); fewer only if the model
+    cannot write enough that pass the gate."""
+    plan, gate = QueryPlan(), QueryGate(context_text)
+    writer = _Writer(model, tokenizer, gate, plan, temperature, batch_size)
+    n_everyday = round(everyday_fraction * n)
+    plan.queries += probe_queries(writer, context_statements(context_text), n - n_everyday, probes_per_statement,
+                                  seed)
+    plan.queries += everyday_queries(gate, context_text, n_everyday, seed)
+    shots = [q["prompt"] for q in plan.queries if q["origin"] != "everyday"][:8]
+    plan.queries += synthesized_queries(writer, context_text, n - len(plan.queries), shots, seed + 1)
+    plan.gate = gate.summary()
+    return plan
+
+
+def query_origins(rows: list[dict]) -> dict[str, int]:
+    """How many training queries came from each origin (given prompts, probes, everyday requests, synthesized)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.get("origin", "prompts")] = counts.get(row.get("origin", "prompts"), 0) + 1
+    return counts

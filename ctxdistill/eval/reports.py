@@ -39,11 +39,36 @@ def plot_run(out: Path, loss_history: list[float], evaluation: dict | None) -> s
     return path.name
 
 
+def planned_note(metrics: dict) -> str:
+    """Planned vs done: a schedule fitted to the time budget, or (the exception) cut by it."""
+    planned, total = metrics.get("planned_steps", 0), metrics["total_steps"]
+    note = f" (planned {planned}, schedule fitted to the time budget)" if planned > total else ""
+    if metrics.get("stopped_by_budget"):
+        note += " (stopped by the time budget before the schedule ended)"
+    return note
+
+
+def query_report(origins: dict[str, int], gates: list[dict]) -> list[str]:
+    """The training queries by origin, and for each gated plan what the gate rejected, with the model's raw
+    queries and the verdict on each."""
+    total = max(1, sum(origins.values()))
+    lines = ["## Queries", "", "| origin | queries | share |", "|---|---|---|"]
+    lines += [f"| {name} | {n} | {n / total:.0%} |" for name, n in origins.items() if n]
+    for gate in gates:
+        rejected = ", ".join(f"{reason} {n}" for reason, n in gate.get("rejected", {}).items()) or "none"
+        lines += ["", f"Quality gate ({gate.get('source', '')}): {gate.get('accepted', 0)} of {gate.get('offered', 0)} "
+                      f"candidates kept; rejected: {rejected}.", "", "| model-written query | verdict |", "|---|---|"]
+        lines += [f"| {row['text'][:120].replace('|', '/') or '(empty)'} | {row['verdict']} |"
+                  for row in gate.get("raw", [])]
+    return lines + [""]
+
+
 def write_report(out: Path, title: str, summary_lines: list[str], evaluation: dict | None,
-                 loss_history: list[float]) -> str:
+                 loss_history: list[float], extra: list[str] | None = None) -> str:
     parts = [f"# {title}", "", *summary_lines, ""]
     if evaluation:
         parts += ["## Before / after", "", results_table(evaluation), "", "## Answers", "", answers_table(evaluation), ""]
+    parts += extra or []
     image = plot_run(out, loss_history, evaluation) if loss_history else None
     if image:
         parts += [f"![loss and accuracy]({image})", ""]

@@ -311,6 +311,14 @@ def budget_deadline(cfg, t_start: float) -> float | None:
     return t_start + cfg.max_minutes * 60 if cfg.max_minutes else None
 
 
+GENERATION_SHARE = 0.4  # of a time budget, what data generation before training may use: training gets the rest
+
+
+def generation_deadline(cfg, t_start: float) -> float | None:
+    """When generation before training stops starting new work, under a budget (None without one)."""
+    return t_start + GENERATION_SHARE * cfg.max_minutes * 60 if cfg.max_minutes else None
+
+
 def check_data_inputs(out: Path, inputs: dict) -> None:
     """What a run reuses from OUT (OUT/data, OUT/curve.jsonl) on --resume must have been made from the same inputs:
     the first run records them in OUT/data/inputs.json, every later one compares (every recipe, the same check)."""

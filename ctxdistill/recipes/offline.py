@@ -22,9 +22,10 @@ from typing import Any
 
 from ctxdistill import CtxDistillError
 from ctxdistill.config import OfflineConfig
+from ctxdistill.core.files import atomic_write_json, load_json
 from ctxdistill.core.forward import MIN_SHARED_PREFIX, encode_prefix, shared_prefix_len
 from ctxdistill.core.generation import MergedCopy, generate, stop_token_ids
-from ctxdistill.core.losses import DistillLoss, collate_pairs
+from ctxdistill.core.losses import DistillLoss, collate_pairs, context_evidence
 from ctxdistill.core.models import enable_gradient_checkpointing, load_adapter
 from ctxdistill.core.pairs import Context, Pair, assistant_header, build_pair, render_prompt
 from ctxdistill.core.teacher import CONTEXT_CACHE_TOKENS, Teacher, load_teacher_model
@@ -32,19 +33,20 @@ from ctxdistill.core.topk_cache import TopKCache, build_topk_cache
 from ctxdistill.core.training import total_steps_for, train
 from ctxdistill.data.anchors import make_anchors, with_anchors
 from ctxdistill.data.inputs import read_context, read_prompts, read_qa, read_qa_items, read_retention
-from ctxdistill.data.queries import synthesize_queries
+from ctxdistill.data.queries import plan_queries, query_origins
 from ctxdistill.data.sources import Source, context_source, examples_source
 from ctxdistill.eval.evaluation import evaluate, results_table
-from ctxdistill.eval.reports import write_report
+from ctxdistill.eval.reports import planned_note, query_report, write_report
 from ctxdistill.recipes.artifacts import save_trained, sha256_text, write_manifest
 from ctxdistill.recipes.base import Recipe, RunResult
-from ctxdistill.recipes.common import (budget_deadline, check_data_inputs, fingerprint, main_process_writes,
+from ctxdistill.recipes.common import (GENERATION_SHARE, budget_deadline, check_data_inputs, fingerprint,
+                                       generation_deadline, main_process_writes,
                                        make_student, model_window, open_run, share_budget, train_settings,
                                        training_fingerprint_config)
 
 DATA_KEYS = ("model", "teacher", "context_kind", "mode", "num_examples", "example_sets", "scratchpad",
-             "answer_delimiter", "scratchpad_instruction", "num_queries", "query_temperature", "samples_per_query",
-             "sample_temperature", "max_new_tokens", "seed")  # what the cached queries and samples were made with
+             "answer_delimiter", "scratchpad_instruction", "num_queries", "everyday_fraction", "probes_per_statement",
+             "query_temperature", "samples_per_query", "sample_temperature", "max_new_tokens", "amplify", "seed")  # what the cached queries and samples were made with
 
 
 def make_teacher(cfg: OfflineConfig, objective, student, other, pairs, pad_id: int, out: Path, accelerator,
@@ -170,40 +172,69 @@ def set_up(cfg: OfflineConfig, inputs: OfflineInputs, out: Path, resume: bool, i
 
 
 def make_queries(run: OfflineRun, given: list[str] | None) -> list[dict]:
-    """Each source's own prompts, else the given ones, else queries the model writes with the source in context."""
-    rows = []
+    """Each source's own prompts, else the given ones, else a gated query plan for the source (data/queries.py);
+    what the gate did is kept in OUT/data/query_gate.json for the report."""
+    rows, gates = [], []
     for i, source in enumerate(run.sources):
         prompts = source.prompts or given
-        if not prompts:
-            prompts = synthesize_queries(run.sampler, run.tokenizer, source.text, run.cfg.num_queries,
-                                         temperature=run.cfg.query_temperature, batch_size=run.cfg.gen_batch_size,
-                                         seed=run.cfg.seed + i)
-            if not prompts:
-                raise CtxDistillError(f"Query synthesis produced no usable queries for {source.name}. Pass "
-                                      "--prompts, or put a 'prompts' list in the context file.")
-        rows += [{"source": i, "prompt": q} for q in prompts]
+        if prompts:
+            rows += [{"source": i, "prompt": q, "origin": "prompts"} for q in prompts]
+            continue
+        plan = plan_queries(run.sampler, run.tokenizer, source.text, run.cfg.num_queries,
+                            everyday_fraction=run.cfg.everyday_fraction,
+                            probes_per_statement=run.cfg.probes_per_statement,
+                            temperature=run.cfg.query_temperature, batch_size=run.cfg.gen_batch_size,
+                            seed=run.cfg.seed + i)
+        if not plan.queries:
+            raise CtxDistillError(f"No query for {source.name} passed the quality gate ({plan.gate['rejected']}). "
+                                  "Pass --prompts, or put a 'prompts' list in the context file.")
+        rows += [{"source": i, **q} for q in plan.queries]
+        gates.append({"source": source.name, **plan.gate, "raw": plan.raw})
+    if gates:
+        atomic_write_json(run.out / "data" / "query_gate.json", gates)
     return rows
 
 
-def make_samples(run: OfflineRun, queries: list[dict]) -> list[dict]:
-    """Teacher samples: the sampling context is each query's first view; a row keeps every view's context text."""
-    cfg, rng, jobs = run.cfg, random.Random(run.cfg.seed), []
+def sample_jobs(run: OfflineRun, queries: list[dict]) -> list[list[tuple[dict, list]]]:
+    """(query row, its teacher views) per sample, in rounds: round k holds every query's k-th sample."""
+    cfg, rng = run.cfg, random.Random(run.cfg.seed)
+    rounds = [[] for _ in range(cfg.samples_per_query)]
     for n, row in enumerate(queries):
         for k in range(cfg.samples_per_query):
             views = run.sources[row["source"]].views(rng, cfg.example_sets, n * cfg.samples_per_query + k)
             if cfg.mode == "ensemble":
                 views = views + [c for j, s in enumerate(run.sources) if j != row["source"]
                                  for c in s.views(rng, cfg.example_sets, n)]
-            jobs.append((row, views))
-    prompts = [render_prompt(run.tokenizer, teacher_query(row["prompt"], cfg), views[0]) for row, views in jobs]
-    shared = shared_prefix_len(prompts, [len(p) for p in prompts]) if cfg.prefix_cache else 0
-    prefix = encode_prefix(run.sampler, prompts[0][:shared]) if shared >= MIN_SHARED_PREFIX else None
-    outs = generate(run.sampler, run.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
-                    temperature=cfg.sample_temperature, batch_size=cfg.gen_batch_size, seed=cfg.seed,
-                    desc="teacher sampling", prefix=prefix)
-    return [{"source": row["source"], "query": row["prompt"], "contexts": [c.text for c in views],
-             "completion_ids": y, "text": run.tokenizer.decode(y, skip_special_tokens=True)}
-            for (row, views), y in zip(jobs, outs) if y]
+            rounds[k].append((row, views))
+    return rounds
+
+
+def make_samples(run: OfflineRun, queries: list[dict]) -> list[dict]:
+    """Teacher samples, one round (a sample of every query) at a time: under a time budget, rounds stop when the next
+    one would pass the generation's share of it, so every query keeps the same number of samples and training keeps
+    its time. The sampling context is each query's first view; a row keeps every view's context text."""
+    cfg, samples = run.cfg, []
+    deadline = generation_deadline(cfg, run.t_start)
+    rounds = sample_jobs(run, queries)
+    t0 = time.time()
+    for k, jobs in enumerate(rounds):
+        if k and deadline and time.time() + (time.time() - t0) / k > deadline:
+            run.accelerator.print(f"Time budget: {k} of {cfg.samples_per_query} samples per query (generation may "
+                                  f"use {GENERATION_SHARE:.0%} of the budget).")
+            break
+        prompts = [render_prompt(run.tokenizer, teacher_query(row["prompt"], cfg), views[0]) for row, views in jobs]
+        shared = shared_prefix_len(prompts, [len(p) for p in prompts]) if cfg.prefix_cache else 0
+        prefix = encode_prefix(run.sampler, prompts[0][:shared]) if shared >= MIN_SHARED_PREFIX else None
+        plain = [render_prompt(run.tokenizer, teacher_query(row["prompt"], cfg)) for row, _ in jobs] \
+            if cfg.amplify else None
+        outs = generate(run.sampler, run.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
+                        temperature=cfg.sample_temperature, batch_size=cfg.gen_batch_size, seed=cfg.seed + k,
+                        desc=f"teacher sampling ({k + 1}/{len(rounds)})", prefix=prefix, contrast=plain,
+                        alpha=cfg.amplify)
+        samples += [{"source": row["source"], "query": row["prompt"], "contexts": [c.text for c in views],
+                     "completion_ids": y, "text": run.tokenizer.decode(y, skip_special_tokens=True)}
+                    for (row, views), y in zip(jobs, outs) if y]
+    return samples
 
 
 def make_pairs(run: OfflineRun, samples: list[dict]) -> tuple[list[Pair], list[int], int]:
@@ -232,6 +263,27 @@ def make_pairs(run: OfflineRun, samples: list[dict]) -> tuple[list[Pair], list[i
         raise CtxDistillError("The teacher produced no usable completions; check the context and the prompts"
                               + (" (no sample contained the answer delimiter)." if cfg.scratchpad else "."))
     return pairs, sources_of, dropped
+
+
+def drop_unexplained(run: OfflineRun, pairs: list[Pair], sources_of: list[int], samples: list[dict]):
+    """Keep the teacher samples the context explains best (evidence_filter: the share dropped), by the mean
+    per-token log p(y|c,x) − log p(y|x) under the teacher. (pairs, sources_of, samples, what was dropped)."""
+    share = run.cfg.evidence_filter
+    if not share:
+        return pairs, sources_of, samples, {}
+    was_training = run.sampler.training
+    run.sampler.eval()
+    with run.sampler_weights():
+        scores = context_evidence(run.sampler, pairs, run.tokenizer.pad_token_id, run.cfg.micro_batch_size)
+    run.sampler.train(was_training)
+    order = sorted(range(len(pairs)), key=lambda i: scores[i], reverse=True)
+    keep = sorted(order[:max(1, len(pairs) - round(share * len(pairs)))])
+    dropped = sorted(set(range(len(pairs))) - set(keep))
+    stats = {"dropped": len(dropped), "mean_evidence_kept": round(sum(scores[i] for i in keep) / len(keep), 4),
+             "mean_evidence_dropped": round(sum(scores[i] for i in dropped) / max(1, len(dropped)), 4)}
+    aligned = samples if not run.cfg.scratchpad else None  # without a scratch-pad, pair i is sample i
+    return ([pairs[i] for i in keep], [sources_of[i] for i in keep],
+            [aligned[i] for i in keep] if aligned is not None else samples, stats)
 
 
 def plan_stages(cfg: OfflineConfig, n_sources: int, sources_of: list[int]) -> list[list[int]]:
@@ -270,7 +322,7 @@ def train_stages(run: OfflineRun, pairs: list[Pair], samples: list[dict], source
         teacher = make_teacher(cfg, objective, run.student, run.other, stage_pairs, tokenizer.pad_token_id, run.out,
                                run.accelerator, tag)
         loss_module = DistillLoss(run.student, teacher, objective, cfg.chunk_size, cfg.skip_first,
-                                  cfg.ensemble_weighting)
+                                  cfg.ensemble_weighting, amplify=cfg.amplify if teacher is not None else 0.0)
         data_id = [samples[i] for i in stage] if not cfg.scratchpad else stage
         if len(stages) > 1:
             run.accelerator.print(f"Stage {n + 1}/{len(stages)}: {run.sources[sources_of[stage[0]]].name}, "
@@ -305,13 +357,17 @@ def run(cfg: OfflineConfig, out: str, resume: bool = False, *, context=(), promp
             cfg, r.sampler, r.tokenizer)) if cfg.anchor_fraction > 0 else []
     generation_seconds = time.time() - t0
     pairs, sources_of, dropped = make_pairs(r, samples)
+    pairs, sources_of, kept, evidence = drop_unexplained(r, pairs, sources_of, samples)
     stages = plan_stages(cfg, len(r.sources), sources_of)
-    results, anchor_pairs = train_stages(r, pairs, samples, sources_of, stages, anchors)
+    results, anchor_pairs = train_stages(r, pairs, kept, sources_of, stages, anchors)
     counts = {"sources": [{"name": s.name, "parts": len(s.parts), "examples": len(s.examples or [])}
                           for s in r.sources],
-              "mode": cfg.mode, "queries": len(queries), "queries_synthesized": not inputs.prompts,
+              "mode": cfg.mode, "queries": len(queries), "query_origins": query_origins(queries),
+              "query_gate": load_json(data / "query_gate.json", "query_gate.json")
+              if (data / "query_gate.json").exists() else [],
               "samples": len(samples), "pairs": len(pairs), "anchor_pairs": anchor_pairs,
-              "scratchpad_dropped": dropped, "completion_tokens": sum(p.completion_len for p in pairs)}
+              "scratchpad_dropped": dropped, "evidence_filter": evidence,
+              "completion_tokens": sum(p.completion_len for p in pairs)}
     result = write_artifacts(r, results, counts, qa, qa_contexts, inputs.retention, generation_seconds) \
         if r.accelerator.is_main_process else None
     r.accelerator.wait_for_everyone()
@@ -336,7 +392,7 @@ def write_artifacts(r: OfflineRun, results: list, counts: dict, qa, qa_contexts,
                            "context_kind": cfg.context_kind, "config": cfg.to_dict(), "data": counts,
                            "metrics": metrics})
     write_report(r.out, "offline context distillation", report_lines(r, counts, metrics, len(results)), evaluation,
-                 metrics["loss_history"])
+                 metrics["loss_history"], extra=query_report(counts["query_origins"], counts["query_gate"]))
     return RunResult(r.out, [saved.name, "manifest.json", "report.md"], metrics,
                      results_table(evaluation) if evaluation else "", NO_TABLE)
 
@@ -346,6 +402,7 @@ def stage_metrics(results: list) -> dict:
     history = [loss for r in results for loss in r.loss_history]
     seconds = sum(r.seconds for r in results)
     return {"train_steps": sum(r.steps_done for r in results), "total_steps": sum(r.total_steps for r in results),
+            "planned_steps": sum(r.planned_steps for r in results),
             "stopped_by_budget": any(r.stopped_by_budget for r in results),
             "final_loss": history[-1] if history else float("nan"), "train_seconds": round(seconds, 1),
             "train_tokens_per_second": round(sum(r.tokens_per_second * r.seconds for r in results)
@@ -364,9 +421,9 @@ def report_lines(r: OfflineRun, counts: dict, metrics: dict, n_stages: int) -> l
             + (f", {counts['anchor_pairs']} anchor pairs" if counts["anchor_pairs"] else "")
             + (f"; {counts['scratchpad_dropped']} scratch-pad samples without '{cfg.answer_delimiter}' dropped"
                if cfg.scratchpad else ""),
-            f"- training: {metrics['train_steps']}/{metrics['total_steps']} steps in {n_stages} stage(s), final loss "
-            f"{metrics['final_loss']:.4f}, {metrics['train_tokens_per_second']:.0f} tokens/s"
-            + (" (stopped by the time budget)" if metrics["stopped_by_budget"] else ""),
+            f"- training: {metrics['train_steps']}/{metrics['total_steps']} steps in {n_stages} stage(s)"
+            + planned_note(metrics) + f", final loss {metrics['final_loss']:.4f}, "
+            f"{metrics['train_tokens_per_second']:.0f} tokens/s",
             f"- time: generation {metrics['generation_seconds']:.0f}s, training {metrics['train_seconds']:.0f}s, "
             f"total {metrics['total_seconds']:.0f}s"]
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ctxdistill import CtxDistillError
 from ctxdistill.config import OnpolicyConfig
+from ctxdistill.core.files import atomic_write_json, load_json
 from ctxdistill.core.generation import MergedCopy, generate
 from ctxdistill.core.losses import DistillLoss, PairBatch, collate_pairs
 from ctxdistill.core.objectives import Objective
@@ -28,9 +29,9 @@ from ctxdistill.core.pairs import Context, assistant_header, build_pair, render_
 from ctxdistill.core.teacher import Teacher, load_teacher_model
 from ctxdistill.core.training import TrainResult, train
 from ctxdistill.data.inputs import read_context, read_prompts, read_qa, read_qa_items, read_retention
-from ctxdistill.data.queries import synthesize_queries
+from ctxdistill.data.queries import plan_queries, query_origins
 from ctxdistill.eval.evaluation import evaluate, results_table
-from ctxdistill.eval.reports import write_report
+from ctxdistill.eval.reports import planned_note, query_report, write_report
 from ctxdistill.recipes.artifacts import save_trained, sha256_text, write_manifest
 from ctxdistill.recipes.base import Recipe, RunResult
 from ctxdistill.recipes.common import (budget_deadline, check_data_inputs, fingerprint, main_process_writes,
@@ -38,7 +39,8 @@ from ctxdistill.recipes.common import (budget_deadline, check_data_inputs, finge
                                        training_fingerprint_config)
 
 ARTIFACTS = ["adapter", "manifest.json", "report.md"]
-QUERY_KEYS = ("model", "teacher", "num_queries", "query_temperature", "seed")  # what synthesized queries came from
+QUERY_KEYS = ("model", "teacher", "num_queries", "everyday_fraction", "probes_per_statement", "query_temperature",
+              "seed")  # what synthesized queries came from
 NO_TABLE = "(no eval questions: pass --eval FILE or put an \"eval\" list in the context)"
 
 
@@ -66,6 +68,7 @@ class Queries:
     texts: list[str]
     teacher_prompts: dict[str, list[int]]  # context + query
     student_prompts: dict[str, list[int]]  # the query alone
+    origins: dict[str, int] | None = None  # queries per origin (prompts, probes, everyday, synthesized)
 
 
 @dataclass
@@ -115,16 +118,20 @@ def open_models(cfg: OnpolicyConfig, out: Path, resume: bool) -> Models:
 def make_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models, out: Path) -> Queries:
     """The training queries (made once, kept in OUT/data for --resume) and both views of each."""
     def synthesize():
-        prompts = inputs.prompts or synthesize_queries(
-            models.other if models.other is not None else models.model, models.tokenizer, inputs.context.text,
-            cfg.num_queries, temperature=cfg.query_temperature, batch_size=cfg.gen_batch_size, seed=cfg.seed)
-        if not prompts:
-            raise CtxDistillError("Query synthesis produced no usable queries. Pass --prompts, or put a "
-                                  "'prompts' list in the context file.")
-        return [{"prompt": q} for q in prompts]
+        if inputs.prompts:
+            return [{"prompt": q, "origin": "prompts"} for q in inputs.prompts]
+        plan = plan_queries(models.other if models.other is not None else models.model, models.tokenizer,
+                            inputs.context.text, cfg.num_queries, everyday_fraction=cfg.everyday_fraction,
+                            probes_per_statement=cfg.probes_per_statement, temperature=cfg.query_temperature,
+                            batch_size=cfg.gen_batch_size, seed=cfg.seed)
+        if not plan.queries:
+            raise CtxDistillError(f"No query passed the quality gate ({plan.gate['rejected']}). Pass --prompts, or "
+                                  "put a 'prompts' list in the context file.")
+        atomic_write_json(out / "data" / "query_gate.json", [{"source": "context", **plan.gate, "raw": plan.raw}])
+        return plan.queries
 
-    texts = [row["prompt"] for row in main_process_writes(models.accelerator, out / "data" / "queries.jsonl",
-                                                          synthesize)]
+    rows = main_process_writes(models.accelerator, out / "data" / "queries.jsonl", synthesize)
+    texts = [row["prompt"] for row in rows]
     tokenizer = models.tokenizer
     queries = Queries(texts, {q: render_prompt(tokenizer, q, inputs.context) for q in texts},
                       {q: render_prompt(tokenizer, q) for q in texts})
@@ -132,6 +139,7 @@ def make_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models, out: Path)
     if longest > models.window:
         raise CtxDistillError(f"Context + query + completion is {longest} tokens, longer than the model window "
                               f"({models.window}). Shorten the context or lower max_new_tokens.")
+    queries.origins = query_origins(rows)
     return queries
 
 
@@ -146,7 +154,7 @@ def set_up(cfg: OnpolicyConfig, models: Models, queries: Queries) -> Setup:
         teacher.encode_shared_prefix(views, [len(v) for v in views])
     objective = cfg.build_objective()
     return Setup(student, sampler, teacher, objective,
-                 DistillLoss(student, teacher, objective, cfg.chunk_size, cfg.skip_first))
+                 DistillLoss(student, teacher, objective, cfg.chunk_size, cfg.skip_first, amplify=cfg.amplify))
 
 
 class SampleCollate:
@@ -215,7 +223,8 @@ def train_student(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries: 
 
 def run_metrics(result: TrainResult, stats: SampleStats, t_eval: float, t_start: float) -> dict:
     return {"train_steps": result.steps_done, "total_steps": result.total_steps,
-            "stopped_by_budget": result.stopped_by_budget, "final_loss": result.final_loss,
+            "planned_steps": result.planned_steps, "stopped_by_budget": result.stopped_by_budget,
+            "final_loss": result.final_loss,
             "train_seconds": round(result.seconds - stats.generation_seconds, 1),
             "generation_seconds": round(stats.generation_seconds, 1),
             "student_samples": stats.student_samples, "teacher_samples": stats.teacher_samples,
@@ -229,10 +238,11 @@ def report_lines(cfg: OnpolicyConfig, objective: Objective, result: TrainResult,
     return [f"- base model: `{cfg.model}`; teacher: {teacher_name}, with the context as {cfg.context_kind}",
             f"- objective: {dict(objective.terms)}, top-k {objective.top_k or 'full vocabulary'} "
             f"({objective.support}, {objective.tail}); offline_fraction {cfg.offline_fraction}",
-            f"- training: {result.steps_done}/{result.total_steps} steps on {n_queries} queries, "
+            f"- training: {result.steps_done}/{result.total_steps} steps" + planned_note(
+                {"planned_steps": result.planned_steps, "total_steps": result.total_steps,
+                 "stopped_by_budget": result.stopped_by_budget}) + f" on {n_queries} queries, "
             f"{stats.student_samples} student samples + {stats.teacher_samples} teacher samples, "
-            f"final loss {result.final_loss:.4f}" + (" (stopped by the time budget)"
-                                                     if result.stopped_by_budget else ""),
+            f"final loss {result.final_loss:.4f}",
             f"- time: sampling {stats.generation_seconds:.0f}s, the rest of training "
             f"{result.seconds - stats.generation_seconds:.0f}s, total {time.time() - t_start:.0f}s"]
 
@@ -248,14 +258,18 @@ def write_artifacts(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries
                           cfg.eval_max_new_tokens, teacher_model=models.other) \
         if inputs.eval_qa and cfg.finetune == "lora" else None
     metrics = run_metrics(result, stats, t_eval, t_start)
+    gate_file = out / "data" / "query_gate.json"
+    gates = load_json(gate_file, str(gate_file)) if gate_file.exists() else []
     if evaluation:
         metrics["evaluation"] = evaluation
     write_manifest(out, {"recipe": "onpolicy", "base_model": cfg.model, "base_model_path": models.base_path,
                          "context_sha256": [sha256_text(inputs.context.text)], "context_kind": cfg.context_kind,
-                         "config": cfg.to_dict(), "data": {"queries": len(queries.texts)}, "metrics": metrics})
+                         "config": cfg.to_dict(), "data": {"queries": len(queries.texts),
+                                                           "query_origins": queries.origins, "query_gate": gates},
+                         "metrics": metrics})
     write_report(out, "on-policy context distillation",
                  report_lines(cfg, setup.objective, result, stats, len(queries.texts), t_start), evaluation,
-                 result.loss_history)
+                 result.loss_history, extra=query_report(queries.origins, gates))
     return RunResult(out, ARTIFACTS, metrics, results_table(evaluation) if evaluation else "", NO_TABLE)
 
 

@@ -1,0 +1,68 @@
+"""Runs planned to their budget: the loop times its first steps and fits the whole schedule (warm-up and decay)
+inside the deadline, instead of being cut by it."""
+
+import time
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from ctxdistill.core.training import Schedule, TrainSettings, fit_to_deadline, train
+
+
+class SlowLoss(torch.nn.Module):
+    """A loss whose every micro-batch takes `seconds`: a stand-in for a model of known speed."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.w, self.seconds = torch.nn.Parameter(torch.ones(3)), seconds
+
+    def forward(self, batch):
+        time.sleep(self.seconds)
+        return (self.w ** 2).sum() * len(batch.labels), 3
+
+
+class Rows:
+    def __init__(self, n):
+        self.labels = [0] * n
+
+
+def run(tmp_path, seconds, budget, resume=False, **settings):
+    loss = SlowLoss(seconds)
+    s = TrainSettings(**{"epochs": 50, "batch_size": 4, "micro_batch_size": 4, "warmup_ratio": 0.1,
+                         "deadline": time.time() + budget, **settings})
+    return train(Accelerator(cpu=True), loss, list(range(16)), lambda xs: Rows(len(xs)), s, tmp_path / "state.pt",
+                 resume=resume)
+
+
+def test_fit_to_deadline_counts_the_steps_that_fit_leaving_out_the_first_steps_time():
+    now = time.time()
+    assert fit_to_deadline([5.0, 1.0, 1.0], 3, 1000, now + 100) in range(96, 99)  # 3 done + ~95 of 1 s
+    assert fit_to_deadline([1.0, 1.0, 1.0], 3, 20, now + 100) == 20  # never more than planned
+    assert fit_to_deadline([1.0, 1.0, 1.0], 3, 20, now - 5) == 4  # past the deadline: one more step ends it
+
+
+def test_a_budget_too_short_for_the_epochs_fits_the_schedule_and_finishes_it(tmp_path):
+    result = run(tmp_path, seconds=0.1, budget=6)
+    assert result.planned_steps == 200 and result.fitted_to_budget
+    assert not result.stopped_by_budget and result.steps_done == result.total_steps < 200
+    assert result.seconds < 6
+
+
+def test_a_fitted_schedule_decays_to_zero_at_its_last_step():
+    schedule = Schedule(TrainSettings(warmup_ratio=0.1, schedule="cosine"), 200)
+    schedule.total = 20  # what fitting does
+    assert schedule(1) == pytest.approx(2 / 3)  # warm-up of round(0.1 * 20) = 2 steps
+    assert schedule(20) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_without_a_deadline_or_with_time_to_spare_the_plan_is_kept(tmp_path):
+    result = run(tmp_path / "a", seconds=0.0, budget=60, epochs=2)
+    assert result.total_steps == result.planned_steps == 8 and not result.fitted_to_budget
+
+
+def test_a_resumed_run_keeps_the_fitted_schedule(tmp_path):
+    first = run(tmp_path, seconds=0.1, budget=5, checkpoint_every=1)
+    again = run(tmp_path, seconds=0.0, budget=60, resume=True)  # resumes at the end: nothing left to do
+    assert again.total_steps == first.total_steps < again.planned_steps
+    assert again.steps_done == first.steps_done
