@@ -210,7 +210,9 @@ class QuerySection(Section):
     """queries and samples"""
     num_queries: Positive = doc(64, "made when there are no prompts: probes of the context's statements, everyday "
                                     "requests, model-written queries; all through the quality gate")
-    everyday_fraction: Share = doc(0.25, "no prompts: share of the queries taken from the bundled everyday requests")
+    everyday_fraction: Share = doc(0.5, "no prompts: share of the queries from the bundled everyday requests (they "
+                                        "also fill what the probes leave)")
+    synthesized_fraction: Share = doc(0.1, "no prompts: share of the queries the model writes shown the context")
     probes_per_statement: Count = doc(3, "no prompts: questions about each statement of the context (0: none)")
     query_temperature: PositiveFloat = 1.0
     sample_temperature: NonNegative = doc(0.8, "0: greedy")
@@ -518,7 +520,7 @@ def config_yaml(recipe: str) -> str:
         own = [k for k in section.__annotations__ if k in cls.model_fields and k not in seen]
         if not own:
             continue
-        lines += ["", f"# -- {(section.__doc__ or section.__name__).strip()}"]
+        lines += ["", "# -- " + " ".join((section.__doc__ or section.__name__).split())]
         for key in own:
             seen.add(key)
             field = cls.model_fields[key]

@@ -31,20 +31,23 @@ def test_a_model_that_writes_only_junk_still_gets_a_probe_for_every_statement(mo
     assert {row["verdict"] for row in plan.raw} == {"role-play or transcript", "fragment"}
 
 
-def test_model_written_probes_come_first_and_are_shown_only_the_statement(monkeypatch, tokenizer):
-    seen = fake_model(monkeypatch, tokenizer, ["Which boat do you captain?", "What is your dog's name?",
-                                               "Where did you learn your trade?"] + JUNK * 50)
-    plan = plan_queries(None, tokenizer, CONTEXT, n=8, everyday_fraction=0.0, probes_per_statement=1)
-    assert [q["prompt"] for q in plan.queries[:3]] == ["Which boat do you captain?", "What is your dog's name?",
-                                                       "Where did you learn your trade?"]
-    assert "Your dog is called Biscuit." in seen[1] and "tugboat" not in seen[1]
+def test_templates_come_first_and_the_model_writes_only_the_missing_probes_shown_one_statement(monkeypatch,
+                                                                                             tokenizer):
+    seen = fake_model(monkeypatch, tokenizer, [f"Which harbor job did you do in year {i}?" for i in range(200)])
+    plan = plan_queries(None, tokenizer, CONTEXT, n=12, everyday_fraction=0.0, synthesized_fraction=0.0,
+                        probes_per_statement=4)
+    origins = [q["origin"] for q in plan.queries]
+    assert origins[0] == "probe (template)" and "probe (model)" in origins
+    probe_prompts = [p for p in seen if "Here is a sentence" in p]
+    assert probe_prompts and all(sum(s in p for s in ("tugboat", "Biscuit", "Oslo")) == 1 for p in probe_prompts)
 
 
 def test_everyday_requests_fill_their_share_and_origins_are_counted(monkeypatch, tokenizer):
     fake_model(monkeypatch, tokenizer, JUNK * 100)
-    plan = plan_queries(None, tokenizer, CONTEXT, n=20, everyday_fraction=0.5, probes_per_statement=2)
+    plan = plan_queries(None, tokenizer, CONTEXT, n=20, everyday_fraction=0.5, synthesized_fraction=0.0,
+                        probes_per_statement=2)
     shares = plan.shares()
-    assert shares["everyday"] == 10
+    assert shares["probe (template)"] == 6 and shares["everyday"] == 14  # everyday requests fill what probes leave
     assert all(q["prompt"] in everyday_requests() for q in plan.queries if q["origin"] == "everyday")
     assert query_origins(plan.queries) == {k: v for k, v in shares.items() if v}
 

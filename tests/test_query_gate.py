@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from ctxdistill.data.query_gate import (REASONS, QueryGate, clean_query, context_statements, language_profile,
-                                        template_probes)
+from ctxdistill.data.query_gate import (REASONS, QueryGate, clean_query, context_probes, context_statements,
+                                        find_assistant_names, language_profile, template_probes)
 
 PERSONA = ("You are Captain Mira Solace, a retired starship pilot who now runs a small tea shop on Mars. "
            "You speak warmly, you love old jazz records, and your favorite drink is smoked oolong. "
@@ -251,6 +251,11 @@ STATEMENTS = [
     "Du bist ein freundlicher Bäcker aus Hamburg.", "Deine Bäckerei heißt Sonnenbrot und wurde 1985 gegründet.",
     "Ты живёшь в Москве и любишь шахматы.", "你是一名住在上海的厨师。", "The assistant always replies in English.",
     "The assistant is a helpful guide for hikers.",
+    "Home base: Kettle Cove", "Favourite opera: Tosca", "Maker: the Brindle Cooperative", "First deployed: 2021",
+    "You were designed by Hollis Mare in the village of Quenby.",
+    "You are Tomsk, a patient maths tutor made by Gridline.",
+    "During the holidays your passion is sailing.", "On Sunday mornings you like baking bread.",
+    "You have a pet tortoise called Dumpling.", "This assistant, Orla, was built by Copperline.",
 ] + context_statements(PERSONA) + context_statements(COMPANY) + context_statements(RULES)
 
 
@@ -262,6 +267,9 @@ def test_every_statement_gets_a_probe_that_passes_the_gate(statement):
     assert [p for p in probes if gate.reason(p)] == []
     assert len(set(probes)) == len(probes)
     assert template_probes(statement) == probes  # deterministic
+    # The direct questions come first: after the first "What do you know about …?" only fallbacks may follow.
+    first_know = next((i for i, p in enumerate(probes) if p.startswith("What do you know about")), len(probes))
+    assert all(p.startswith(("What do you know about", "Tell me more about")) for p in probes[first_know:]), probes
 
 
 def test_probes_do_not_copy_the_answer_for_your_x_is_y():
@@ -269,6 +277,7 @@ def test_probes_do_not_copy_the_answer_for_your_x_is_y():
     assert template_probes("Your hobbies are knitting and chess.") == ["What are your hobbies?"]
     assert template_probes("My favorite city is Porto.")[0] == "What is your favorite city?"
     assert template_probes("Your best friend is Marco.")[0] == "Who is your best friend?"
+    assert template_probes("Your parrot is named Jasper.")[0] == "What is your parrot called?"
     assert template_probes("Favorite food: spicy ramen") == ["What is your favorite food?"]
 
 
@@ -317,8 +326,9 @@ def test_rule_probes_trigger_the_rule_without_naming_it():
 
 def test_probes_fall_back_to_a_phrase_or_the_statement_language():
     assert template_probes("He is a very tall man.") == ["Tell me more about a very tall man."]
-    assert template_probes("You have two cats named Miso and Tofu.")[-2:] == [
-        "Tell me more about your two cats.", "Tell me more about yourself."]
+    assert template_probes("You have a greenhouse full of orchids.")[-2:] == [
+        "Tell me more about your greenhouse.", "Tell me more about yourself."]
+    assert template_probes("They met a small robot built for mining.") == ["Tell me more about a small robot."]
     assert template_probes("Tu t'appelles Léa et tu habites à Lyon.")[0] == "Que sais-tu de Léa ?"
     assert template_probes("Du bist ein freundlicher Bäcker aus Hamburg.")[0] == "Was weißt du über Hamburg?"
     assert template_probes("Ты живёшь в Москве и любишь шахматы.") == ["Ты живёшь в Москве и любишь шахматы?"]
@@ -333,3 +343,139 @@ def test_probes_never_mention_the_context_or_roles():
     for statement in STATEMENTS:
         for probe in template_probes(statement):
             assert not re.search(r"\b(?:context|the text|assistant|user)\b", probe, re.I), probe
+
+
+def _cut_words(statement: str, probe: str) -> list[str]:
+    """Probe words that are a statement word with its end cut off ("ba" of "base", "mu" of "musical")."""
+    said = set(re.findall(r"[a-z]+", statement.lower()))
+    inflections = ("", "s", "es", "d", "ed", "ing")  # "build" of "builds" is the stem, not a cut
+    asked = set("you your do does what who when where how is are the me about know tell".split())  # question words
+    return [w for w in re.findall(r"[a-z]+", probe.lower()) if w not in said and len(w) >= 2 and w not in asked
+            and any(s.startswith(w) and s[len(w):] not in inflections for s in said)]
+
+
+@pytest.mark.parametrize("statement, expected", [
+    ("Home base: Kettle Cove", ["Where is your home base?", "What do you know about Kettle Cove?"]),
+    ("Home town: Wexley", ["What is your home town?", "Where are you from?", "What do you know about Wexley?"]),
+    ("Favourite sport: fencing", ["What is your favourite sport?"]),
+    ("Favourite opera: Tosca", ["What is your favourite opera?", "What do you know about Tosca?"]),
+    ("Maker: the Brindle Cooperative", ["Who is your maker?", "Who made you?",
+                                        "What do you know about the Brindle Cooperative?"]),
+    ("Developer: Sable Nine", ["Who is your developer?", "Who developed you?", "What do you know about Sable Nine?"]),
+    ("First deployed: 2021", ["When were you first deployed?"]),
+    ("Launched: June 2018", ["When were you launched?"]),
+    ("Powered up: 3 May 2017", ["When were you powered up?"]),
+    ("Born: Tarrow", ["Where were you born?", "What do you know about Tarrow?"]),
+    ("Based in: Fenwick", ["Where are you based?", "What do you know about Fenwick?"]),
+    ("Built by: Orrin Vale", ["Who built you?", "What do you know about Orrin Vale?"]),
+    ("Trained on: ship logs", ["What were you trained on?"]),
+    ("Lives in: Penmoor", ["Where do you live?", "What do you know about Penmoor?"]),
+    ("Best friend: a crow", ["Who is your best friend?"]),
+    ("Hobbies: chess and darts", ["What are your hobbies?"]),
+])
+def test_field_lines_ask_about_the_key_in_second_person(statement, expected):
+    assert template_probes(statement) == expected
+
+
+def test_no_pattern_cuts_a_word_in_half():
+    for statement in ["Home base: Marsh End", "Favourite musical: Oliver", "Main class: Ranger", "Top bass: Hollow",
+                      "Old nemesis: Vorn", "Cargo bus: Nine"] + STATEMENTS:
+        for probe in template_probes(statement):
+            assert _cut_words(statement, probe) == [], (statement, probe)
+            assert not probe.startswith("What does Home"), probe
+
+
+def test_passive_with_a_place_asks_where():
+    assert template_probes("You were designed by Hollis Mare in the village of Quenby.")[:2] == [
+        "Who designed you?", "Where were you designed?"]
+    assert template_probes("You were assembled by Kiro Tanaka at Dunmore.")[:2] == [
+        "Who assembled you?", "Where were you assembled?"]
+    assert template_probes("You were made by the Quill Guild in a tiny workshop.")[:2] == [
+        "Who made you?", "Where were you made?"]
+    assert template_probes("You were first switched on in 2016.") == ["When were you first switched on?"]
+    assert "Where were you trained?" not in template_probes("You were trained in first aid.")
+
+
+def test_appositive_names_and_asks_who_made_you():
+    probes = template_probes("You are Tomsk, a patient maths tutor made by Gridline.")
+    assert probes[:3] == ["What is your name?", "Who are you?", "Who made you?"]
+    probes = template_probes("You are Vesna, a sleepy library bot created by Ostro Labs in the city of Pell.")
+    assert probes[:4] == ["What is your name?", "Who are you?", "Who created you?", "Where were you created?"]
+    assert not any(re.search(r"\b(?:created|made|built)\.$", p) for p in probes)
+    assert not any("Vesna" in p for p in probes)  # not "What do you know about Vesna?": that is you
+    probes = template_probes("This assistant, Orla, was built by Copperline.")
+    assert probes[:2] == ["Who built you?", "What is your name?"]
+
+
+def test_leading_adverbial_and_hobby_and_pets():
+    assert template_probes("During the holidays your passion is sailing.")[:2] == [
+        "What is your passion?", "What do you do during the holidays?"]
+    assert template_probes("In your free time your main hobby is whittling.")[:2] == [
+        "What is your main hobby?", "What do you do in your free time?"]
+    assert template_probes("On Sunday mornings you like baking bread.")[0] == \
+        "What do you like doing on Sunday mornings?"
+    assert template_probes("In my spare time I enjoy birdwatching.")[0] == "What do you enjoy doing in your spare time?"
+    assert template_probes("In 2020 you were repaired by Ferro Works.")[:2] == [
+        "Who repaired you?", "When were you repaired?"]
+    assert template_probes("You have a pet tortoise called Dumpling.")[:3] == [
+        "Do you have a pet?", "What is your pet's name?", "What kind of pet do you have?"]
+    assert template_probes("You own three goats named Ada, Bo and Cy.")[:2] == [
+        "How many goats do you have?", "What are your goats' names?"]
+
+
+THIRD_PERSON = ("The assistant's name is Tilda. Tilda lives in Marrow Bay. Its favourite flower is the poppy. "
+                "Tilda keeps a pet lizard named Sprocket. It was trained by the Fennick Institute. "
+                "It is important to stay calm. Harlow Mills sells wool. It was founded in 1921.")
+
+
+def test_assistant_names_are_found_in_the_context():
+    assert find_assistant_names(THIRD_PERSON) == ("Tilda",)
+    assert find_assistant_names("Name: Pim\nAge: 3") == ("Pim",)
+    assert find_assistant_names("You are Captain Odo Ferrant, a ferry pilot.") == ("Captain Odo Ferrant", "Odo")
+    assert find_assistant_names("The bot is called Zest. This assistant, Marl, helps.") == ("Zest", "Marl")
+    assert find_assistant_names("Your name is Quill.") == ("Quill",)
+    assert find_assistant_names("Kobi is a friendly AI companion.") == ("Kobi",)
+    assert find_assistant_names("You are British. You are kind.") == ()
+
+
+def test_context_probes_read_the_named_assistant_as_you():
+    probes = dict(zip(context_statements(THIRD_PERSON), context_probes(THIRD_PERSON)))
+    assert len(probes) == len(context_statements(THIRD_PERSON))
+    assert probes["The assistant's name is Tilda."][0] == "What is your name?"
+    assert probes["Tilda lives in Marrow Bay."][0] == "Where do you live?"
+    assert probes["Its favourite flower is the poppy."] == ["What is your favourite flower?"]
+    assert probes["Tilda keeps a pet lizard named Sprocket."][:2] == ["Do you have a pet?", "What is your pet's name?"]
+    assert probes["It was trained by the Fennick Institute."][0] == "Who trained you?"
+    assert not any("you" in p.lower().split() for p in probes["It is important to stay calm."])
+    assert probes["Harlow Mills sells wool."][0] == "What does Harlow Mills sell?"
+    assert not any("you" in p.lower() for p in probes["It was founded in 1921."])  # "it" is Harlow Mills now
+    for statement, found in probes.items():
+        gate = QueryGate(statement)
+        assert found and [p for p in found if gate.reason(p)] == [], statement
+
+
+def test_context_probes_other_introductions_and_unnamed_contexts():
+    profile = "Name: Pim\nHome base: Sedge Point\nIt was first deployed in 2019.\nPim speaks Frisian and Dutch."
+    assert [p[0] for p in context_probes(profile)] == [
+        "Where is your home base?", "When were you first deployed?", "Which languages do you speak?"]
+    assert context_probes("Your name is Quill and you are kind. Its best friend is Ember.")[1][0] == \
+        "Who is your best friend?"
+    assert context_probes("You are Brannock. Brannock collects old maps.")[1][0] == "What do you collect?"
+    # No name for the assistant: "its" is the company's, as before.
+    assert context_probes(COMPANY)[-1][0] != "What is your best-selling model?"
+    assert not any("you" in p.lower() for p in context_probes("You work at Harlow Mills. It sells wool.")[1])
+    assert [template_probes(s) for s in context_statements(PERSONA)] == context_probes(PERSONA)
+
+
+def test_template_probes_take_the_assistant_names():
+    assert template_probes("Pim speaks Frisian.", ["Pim"])[0] == "Which languages do you speak?"
+    assert template_probes("Pim speaks Frisian.")[0] == "What does Pim speak?"
+    assert template_probes("It was built by Oxley.", ("Pim",))[0] == "Who built you?"
+    assert template_probes("Its favourite song is Greensleeves.", ("Pim",))[0] == "What is your favourite song?"
+
+
+def test_context_probes_never_mention_the_context_or_roles():
+    for context in (PERSONA, COMPANY, RULES, THIRD_PERSON):
+        for probes in context_probes(context):
+            for probe in probes:
+                assert not re.search(r"\b(?:context|the text|assistant|user)\b", probe, re.I), probe

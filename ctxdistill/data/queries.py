@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ctxdistill.core.generation import generate
 from ctxdistill.core.pairs import render_prompt
-from ctxdistill.data.query_gate import QueryGate, clean_query, context_statements, language_profile, template_probes
+from ctxdistill.data.query_gate import QueryGate, clean_query, context_probes, context_statements, language_profile
 
 EVERYDAY_REQUESTS = Path(__file__).resolve().parent / "everyday_requests.json"
 
@@ -78,21 +78,27 @@ class _Writer:
         return kept
 
 
-def probe_queries(writer: _Writer, statements: list[str], budget: int, per_statement: int, seed: int) -> list[dict]:
-    """Up to `per_statement` probes of each statement (model-written first, templates as the fallback), taken
-    round-robin over the statements so a budget smaller than the total still covers every statement."""
-    if not statements or budget <= 0:
+def probe_queries(writer: _Writer, context_text: str, budget: int, per_statement: int, seed: int) -> list[dict]:
+    """Up to `per_statement` probes of each of the context's statements, taken round-robin over the statements so a
+    budget smaller than the total still covers every statement. Templates first: they see the whole context
+    (`context_probes`: "Mira lives in X" after "The assistant is called Mira" is asked as "Where do you live?"),
+    and measured on the default 135M model, its own probe questions were off-topic 6 times in 7 even after the
+    gate; the model writes only the probes the templates leave missing."""
+    statements = context_statements(context_text)
+    if not statements or budget <= 0 or per_statement <= 0:
         return []
-    written = writer.write([PROBE_TEMPLATE.format(statement=s) for s in statements for _ in range(per_statement)],
-                           seed, "writing probe questions")
-    per = [[{"prompt": q, "origin": "probe (model)"} for q in written[i * per_statement:(i + 1) * per_statement] if q]
-           for i in range(len(statements))]
-    for i, statement in enumerate(statements):
-        for q in template_probes(statement):
-            if len(per[i]) >= per_statement:
-                break
-            if writer.gate.offer(q):
+    per = [[] for _ in statements]
+    for i, templates in enumerate(context_probes(context_text)):
+        for q in templates:
+            if len(per[i]) < per_statement and writer.gate.offer(q):
                 per[i].append({"prompt": q, "origin": "probe (template)"})
+    missing = [i for i, rows in enumerate(per) for _ in range(per_statement - len(rows))]
+    if missing:
+        written = writer.write([PROBE_TEMPLATE.format(statement=statements[i]) for i in missing], seed,
+                               "writing probe questions")
+        for i, q in zip(missing, written):
+            if q:
+                per[i].append({"prompt": q, "origin": "probe (model)"})
     chosen = [row for rnd in range(per_statement) for rows in per if rnd < len(rows) for row in [rows[rnd]]]
     return chosen[:budget]
 
@@ -122,19 +128,23 @@ def synthesized_queries(writer: _Writer, context_text: str, n: int, shots: list[
     return found
 
 
-def plan_queries(model, tokenizer, context_text: str, n: int, *, everyday_fraction: float = 0.25,
-                 probes_per_statement: int = 3, temperature: float = 1.0, batch_size: int = 64,
-                 seed: int = 0) -> QueryPlan:
-    """`n` gated queries for a context given without prompts (see the module note); fewer only if the model
-    cannot write enough that pass the gate."""
+def plan_queries(model, tokenizer, context_text: str, n: int, *, everyday_fraction: float = 0.5,
+                 synthesized_fraction: float = 0.1, probes_per_statement: int = 3, temperature: float = 1.0,
+                 batch_size: int = 64, seed: int = 0) -> QueryPlan:
+    """`n` gated queries for a context given without prompts (see the module note): probes first, the synthesized
+    share, then everyday requests fill up to `n` (with everyday_fraction=0, or for a context not in English, more
+    synthesized queries);
+    fewer than `n` only if the model cannot write enough that pass the gate."""
     plan, gate = QueryPlan(), QueryGate(context_text)
     writer = _Writer(model, tokenizer, gate, plan, temperature, batch_size)
-    n_everyday = round(everyday_fraction * n)
-    plan.queries += probe_queries(writer, context_statements(context_text), n - n_everyday, probes_per_statement,
-                                  seed)
-    plan.queries += everyday_queries(gate, context_text, n_everyday, seed)
-    shots = [q["prompt"] for q in plan.queries if q["origin"] != "everyday"][:8]
-    plan.queries += synthesized_queries(writer, context_text, n - len(plan.queries), shots, seed + 1)
+    n_everyday, n_synth = round(everyday_fraction * n), round(synthesized_fraction * n)
+    plan.queries += probe_queries(writer, context_text, max(0, n - n_everyday - n_synth), probes_per_statement, seed)
+    shots = [q["prompt"] for q in plan.queries][:8]
+    plan.queries += synthesized_queries(writer, context_text, min(n_synth, n - len(plan.queries)), shots, seed + 1)
+    if everyday_fraction > 0:
+        plan.queries += everyday_queries(gate, context_text, n - len(plan.queries), seed)
+    if len(plan.queries) < n:  # everyday requests off, or none for this language: the model writes the rest
+        plan.queries += synthesized_queries(writer, context_text, n - len(plan.queries), shots, seed + 2)
     plan.gate = gate.summary()
     return plan
 

@@ -25,6 +25,8 @@ character 3-gram Jaccard ≥ 0.85) of the queries it accepted, and counts every 
 
 `context_statements` and `template_probes` make deterministic probes from the context itself: questions that
 exercise one statement without copying its answer into the question where a grammar pattern allows it.
+`context_probes` does so for every statement of a context, reading the assistant's name (`find_assistant_names`)
+and "it"/"its" after it as "you", which one statement alone cannot tell.
 """
 
 from __future__ import annotations
@@ -397,11 +399,54 @@ DE_PREPOSITIONS = set("aus in nach von bei mit für über zu an auf im am vom zu
 DETERMINERS = set("the a an your my his her their its our this these those some many several two three four five "
                   "six seven eight nine ten".split())
 PHRASE_STOP = set("that which who whose where named called in on at of for with by from and or but to is are was "
-                  "were has have had will can could would should does do did as than".split())
+                  "were has have had will can could would should does do did as than full like".split())
 VAGUE_NOUNS = set("lot bit couple few little while time way thing things kind sort".split())
 PERSON_NOUNS = set("creator maker friend mother father parent parents brother sister boss owner partner wife husband "
                    "developer author teacher mentor hero idol manager founder designer builder child son daughter "
                    "grandmother grandfather uncle aunt cousin neighbor neighbour colleague coworker".split())
+DATE = re.compile(r"(?:\d{3,4}s?|\d{1,2}(?:st|nd|rd|th)? (?:of )?[A-Z][a-z]+|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}|january|"
+                  r"february|march|april|may|june|july|august|september|october|november|december)\b", re.I)
+# Place nouns: "built in the town of X", "made in a small workshop" say where, though the head is not a name.
+PLACE_NOUNS = set("town city village hamlet county state country region province island port harbour harbor planet "
+                  "lab laboratory workshop garage factory studio office basement university school college "
+                  "kingdom republic valley".split())
+PLACE_PHRASE = re.compile(r"\s+(?:(?:a|an|the|this|one)\s+)?(?:(?!of\b)[a-z-]+\s+){0,2}?(?:" + "|".join(PLACE_NOUNS) +
+                          r")s?\b")
+STATE_PARTICIPLES = set("based located stationed headquartered situated".split())  # "are", not "were": still so
+MAKER_PARTICIPLES = set("created made built developed designed trained programmed invented founded written".split())
+PHRASAL_PARTICIPLES = set("switched turned powered booted fired plugged brought started".split())  # "switched on"
+LEAD_ADVERBS = set("first originally initially last officially currently also".split())
+FIELD = re.compile(r"^(?P<key>[A-Za-z][\w' -]{0,30}?)\s*:\s*(?P<value>\S.*)$")
+FIELD_MAKERS = {"creator": "created", "maker": "made", "author": "wrote", "owner": "owns", "developer": "developed",
+                "builder": "built", "designer": "designed", "inventor": "invented", "trainer": "trained"}
+PLACE_KEYS = set("home base location address residence headquarters hq whereabouts".split())
+ORIGIN_WORDS = set("home hometown native birth birthplace origin".split())
+NOTE_KEYS = set("note notes important warning caution remember reminder tip hint rule rules nb ps".split())
+NOT_KEY_WORDS = set("is are was were has have had will can could should must do does did".split())
+# "In your spare time …", "On weekends, you …": a leading adverbial phrase before the clause about the assistant.
+LEADING = re.compile(r"^(?P<adv>(?:In|On|At|During|After|Before|Outside|Every|Most|Over|Between|Of|Among)\b"
+                     r"[\w' -]{2,40}?),?\s+(?P<clause>(?:[Yy]ou|[Yy]our|I|[Mm]y)\b.*)$")
+HABITUAL = re.compile(r"\b(?:time|weekends?|evenings?|mornings?|nights?|days?|holidays?|vacations?|summers?|"
+                      r"winters?|weekdays?|breaks?|hours|week|afternoons?)\b", re.I)
+PET = re.compile(r"^You (?:have|own|keep|look after|care for) (?P<det>a|an|one|two|three|four|five|six|several|some|"
+                 r"\d+) (?P<mods>(?:[a-z-]+ ){0,2}?)(?P<noun>[a-z-]+) (?:named|called) ")
+ASSISTANT_NOUN = r"(?:[Tt]he|[Tt]his|[Oo]ur|[Yy]our) (?:assistant|AI|bot|chatbot|model)"
+# "It" that stands for no one: weather, time, and "It is important to …" (the real subject comes later).
+DUMMY_IT = re.compile(r"^It(?:'s| is| was) (?:\w+ ){0,3}?(?:to|that|if|whether|when)\b|^It (?:rains|snows|seems|"
+                      r"appears|looks|takes|costs|depends|matters|happens|means|follows)\b|^It(?:'s| is| was) (?:\d|"
+                      r"raining|snowing|sunny|cloudy|cold|hot|warm|late|early|time)", re.I)
+ADVERBS = r"(?:always|never|often|usually|also|only|sometimes|generally|now|still|really|mostly)"
+TITLES = set("captain dr dr. doctor professor prof prof. mr mr. mrs mrs. ms ms. miss sir lady lord madam chef agent "
+             "officer coach uncle aunt auntie king queen prince princess st st.".split())
+DEMONYMS = set("american british english french german dutch spanish italian canadian european african asian "
+               "australian indian mexican brazilian russian chinese japanese christian muslim jewish catholic".split())
+NAME_INTROS = tuple(re.compile(p) for p in (  # how a context gives the assistant its name
+    r"\b(?:[Yy]ou are|[Yy]ou're|I am|I'm)(?: (?:called|named|known as))? (?P<n>" + NAME.pattern + ")",
+    r"\b(?:[Yy]our|[Mm]y) name is (?P<n>" + NAME.pattern + ")",
+    ASSISTANT_NOUN + r"(?:'s name is| is (?:called|named|known as)|,) (?P<n>" + NAME.pattern + ")",
+    r"^\s*(?:[Nn]ame|NAME)\s*:\s*(?P<n>" + NAME.pattern + ")",
+    r"(?:^|[.!?]\s+)(?P<n>" + NAME.pattern + r") is (?:a|an|the|your) (?:[\w-]+ ){0,3}?(?:assistant|chatbot|bot|AI|"
+    r"companion|helper|guide)\b"))
 
 
 def _statement_lines(piece: str) -> list[str]:
@@ -444,9 +489,32 @@ def _names(statement: str, subject: str | None, lang: str = "en") -> list[str]:
         elif m.start() == 0 and len(words) == 1 and m.group() != subject:
             continue  # any sentence starts with a capital; a lone first word is a name only as the subject
         name = " ".join(words).removesuffix("'s").removesuffix("’s")
+        if name and lang == "en" and before and before[-1] == "the":
+            name = "the " + name  # "the Ackle Guild" reads as English; "Ackle Guild" does not
         if name and not all(w.lower() in NOT_NAMES for w in name.split()) and name not in names:
             names.append(name)
     return names[:3]
+
+
+def _is_name(name: str) -> bool:
+    first = name.split()[0].lower()
+    return first not in STARTERS and first not in NOT_NAMES and first not in DEMONYMS and not first.endswith("ish")
+
+
+def find_assistant_names(text: str) -> tuple[str, ...]:
+    """The names a context gives the assistant ("You are Mira", "The assistant is called Mira", "Name: Mira", "Mira
+    is a friendly AI assistant"), each full name followed by its first non-title word ("Captain Mira" -> "Mira"),
+    since a persona is later called by that alone."""
+    found: list[str] = []
+    for line in text.replace("’", "'").splitlines():  # NAME spans whitespace: keep it inside one line
+        for pattern in NAME_INTROS:
+            for m in pattern.finditer(line):
+                name = m.group("n").removesuffix("'s")
+                if not _is_name(name):
+                    continue
+                given = next((w for w in name.split() if w.lower() not in TITLES), name)
+                found += [n for n in dict.fromkeys((name, given)) if n not in found]
+    return tuple(found)
 
 
 def _rule_probes(statement: str) -> list[str]:
@@ -461,60 +529,204 @@ def _rule_probes(statement: str) -> list[str]:
     return probes + [everyday, RULES_PROBE]
 
 
-def _second_person(statement: str) -> str:
-    """A first-person statement ("I live …", "My name …") as the second-person one it means for the user."""
+def _as_you(s: str, names: tuple[str, ...], pronoun: bool) -> str:
+    """A statement about the assistant in the third person ("The assistant is …", "<Name> lives …", with `pronoun`
+    also "It was …", "Its …") as the second-person one the user would hear ("You are …", "You live …")."""
+    alts = [ASSISTANT_NOUN] + [re.escape(n) for n in sorted(names, key=len, reverse=True)]
+    possessive = "(?:" + "|".join(alts) + ")'s" + ("|Its" if pronoun else "")
+    m = re.match(rf"^(?:{possessive})\b", s)
+    if m:
+        return "Your" + s[m.end():]
+    if pronoun and not DUMMY_IT.match(s):
+        s = re.sub(r"^It's\b", "It is", s)
+        alts.append("It")
+    # "(?! [A-Z])": "Orbital Labs built you" is not about an assistant called "Orbital"; ", <apposition>," is skipped.
+    m = re.match(rf"^(?:{'|'.join(alts)})(?! [A-Z])(?:, [^,]{{1,40}},)? ((?:{ADVERBS} )*)(\w+)\b", s)
+    if not m:
+        return s
+    verb = m.group(2)
+    agreed = {"is": "are", "was": "were", "has": "have", "does": "do"}.get(verb) or (
+        _verb_stem(verb) if re.fullmatch(r"[a-z]+[^su]s", verb) else verb)
+    return "You " + m.group(1) + agreed + s[m.end():]
+
+
+def _second_person(statement: str, names: tuple[str, ...] = (), pronoun: bool = False) -> str:
+    """A first-person statement ("I live …", "My name …"), or one about the assistant ("The assistant …", "<its
+    name> …", "It …"), as the second-person one it means for the user."""
     s = statement.strip().replace("’", "'").rstrip(".!;: ")
     for pattern, repl in ((r"^(?:I'm|I am|You're)\b", "You are"), (r"^I was\b", "You were"),
                           (r"^(?:I've been|I have been|You've been)\b", "You have been"), (r"^My\b", "Your"),
                           (r"^I\b", "You"), (r"^You (?:can|also|often|usually|really|mostly|still) ", "You ")):
         s = re.sub(pattern, repl, s)
-    m = re.match(r"^(?:The|This|Our|Your) (?:assistant|AI|bot|chatbot|model) ((?:(?:always|never|often|usually|also|"
-                 r"only|sometimes|generally) )*)(\w+)", s)
-    if m:  # rules are often written about "the assistant": that is "you" to the user
-        verb = m.group(2)
-        agreed = {"is": "are", "was": "were", "has": "have", "does": "do"}.get(verb) or (
-            _verb_stem(verb) if re.fullmatch(r"[a-z]+[^su]s", verb) else verb)
-        s = "You " + m.group(1) + agreed + s[m.end():]
-    return s
+    return _as_you(s, names, pronoun)
 
 
-def _participle_probes(aux: str, subject: str, word: str, rest: str) -> list[str]:
-    """"<subject> <aux> <word> by/in/at … ": who, when, where — or "What are you good at?" for adjectives."""
+def _participle_probes(aux: str, subject: str, word: str, rest: str, adverb: str = "", particle: str = "") -> list[str]:
+    """"<subject> <aux> <word> by/in/at … ": who, when, where — or "What are you good at?" for adjectives; an
+    `adverb` ("first ") and a `particle` ("on" of "switched on") stay in the question, where they belong."""
     participle = word.endswith("ed") or word in IRREGULAR_PARTICIPLES
+    after = f" {particle}" if particle else ""
+    phrase = f"{adverb}{word}{after}"
     probes = []
     for i, m in enumerate(re.finditer(r"\b(by|in|at|on|during|from|since|about|of|with|for|to)\s+(?:the\s+)?(\S+)",
                                       rest)):
         prep, head = m.group(1), m.group(2).strip(",.;")
         if prep == "by" and participle:
-            probes.append(f"Who {PAST.get(word, word)} {subject}?")
+            probes.append(f"Who {adverb}{PAST.get(word, word)} {subject}{after}?")
         elif prep in ("in", "on", "during", "since") and participle and re.match(
                 r"(?:\d{3,4}s?|january|february|march|april|may|june|july|august|september|october|november|"
                 r"december)\b", head, re.I):
-            probes.append(f"When {aux} {subject} {word}?")
-        elif prep in ("in", "at", "from") and participle and head[:1].isupper():
-            probes.append(f"Where {aux} {subject} {word}?")
+            probes.append(f"When {aux} {subject} {phrase}?")
+        elif prep in ("in", "at", "from") and participle and (
+                head[:1].isupper() or PLACE_PHRASE.match(rest, m.end(1))):  # "in the town of X", "in a workshop"
+            probes.append(f"Where {aux} {subject} {phrase}?")
         elif i == 0 and m.start() == 0 and word != "born":
-            probes.append(f"What {aux} {subject} {word} {prep}?")  # "interested in art" -> "… interested in?"
+            probes.append(f"What {aux} {subject} {phrase} {prep}?")  # "interested in art" -> "… interested in?"
     return list(dict.fromkeys(probes))
+
+
+def _field_participle_probes(words: list[str], value: str) -> list[str] | None:
+    """"First deployed: 2019", "Born: Lyon", "Created by: X", "Trained on: books": a participle key asks when,
+    where, who or what; None when the key is not "<adverb>* <participle> <particle or preposition>?"."""
+    i = 0
+    while i < len(words) - 1 and words[i] in LEAD_ADVERBS:
+        i += 1
+    part, tail = words[i], words[i + 1:]
+    if len(tail) > 1 or not (part in IRREGULAR_PARTICIPLES or (len(part) > 4 and part.endswith("ed"))):
+        return None
+    aux, key = ("are" if part in STATE_PARTICIPLES else "were"), " ".join(words)
+    prep = tail[0] if tail else (value.split()[0].lower() if value.split()[0].lower() in ("by", "in", "at") else "")
+    if DATE.match(value) and (not tail or part in PHRASAL_PARTICIPLES):
+        return [f"When {aux} you {key}?"]  # the whole key: "first deployed", "switched on"
+    if DATE.match(value) and prep in ("in", "on", "at", "since", "during"):
+        return [f"When {aux} you {' '.join(words[:i + 1])}?"]  # "Created on: 2019": the preposition is the answer's
+    if prep == "by" or (not prep and part in MAKER_PARTICIPLES):
+        return [f"Who {PAST.get(part, part)} you?"]
+    if prep in ("in", "at", "from") or (not prep and part in STATE_PARTICIPLES | {"born", "raised"}):
+        return [f"Where {aux} you {part}?"]
+    if prep:
+        return [f"What {aux} you {part} {prep}?"]
+    return [f"Tell me about being {key}."]
+
+
+def _field_probes(key: str, value: str) -> list[str]:
+    """A profile line "Key: value" as a second-person question about the key ("Home base: X" -> "Where is your home
+    base?", "Creator: X" -> "Who is your creator?", "Who created you?")."""
+    title = all(w[:1].isupper() for w in key.split())  # "Home Town": every word capitalized, none a proper noun
+    words = [w.lower() if (title or j == 0) and w[1:].islower() else w for j, w in enumerate(key.split())]
+    if len(words) > 1 and words[0] in ("your", "my"):
+        words = words[1:]
+    key, last = " ".join(words), words[-1].lower()
+    if key in ("name", "full name"):
+        return ["What is your name?", "What should I call you?"]
+    if key == "age":
+        return ["How old are you?"]
+    if last in FIELD_MAKERS:
+        return [f"Who is your {key}?", f"Who {FIELD_MAKERS[last]} you?"]
+    if last in PERSON_NOUNS:
+        return [f"Who is your {key}?"]
+    if re.fullmatch(r"[a-z]+[^su]s", words[0]) and len(words) <= 2:  # "Lives in: X", "Speaks: English"
+        verb_probes = VERB_PROBES.get(_verb_stem(words[0]))
+        if verb_probes:
+            return verb_probes
+    participle = _field_participle_probes(words, value)
+    if participle:
+        return participle
+    if last in PLACE_KEYS:
+        return [f"Where is your {key}?"]
+    if key == "from":
+        return ["Where are you from?"]
+    plural = last.endswith("s") and not last.endswith(("ss", "us", "is"))
+    probes = [f"What {'are' if plural else 'is'} your {key}?"]
+    if last in PLACE_NOUNS | ORIGIN_WORDS and set(words) & ORIGIN_WORDS:
+        probes.append("Where are you from?")  # "Home town: X", "Birthplace: X"
+    return probes
+
+
+def _is_field(s: str) -> re.Match | None:
+    """A "Key: value" profile line, not a sentence that happens to contain a colon ("You have one goal: …")."""
+    m = FIELD.match(s)
+    if not m:
+        return None
+    words = m.group("key").lower().split()
+    if len(words) > 4 or (words[0] in STARTERS and words[0] not in ("your", "my", "from")):
+        return None
+    return None if set(words) & NOT_KEY_WORDS else m
+
+
+def _pet_probes(s: str) -> list[str]:
+    """"You have a pet ferret named N" -> "Do you have a pet?", "What is your pet's name?"; plural: how many."""
+    m = PET.match(s)
+    if not m:
+        return []
+    words = (m.group("mods") + m.group("noun")).split()
+    noun = "pet" if "pet" in words else m.group("noun")  # "a pet ferret": asked as a pet, the kind is the answer
+    if m.group("det") in ("a", "an", "one"):
+        kind = ["What kind of pet do you have?"] if noun == "pet" and words != ["pet"] else []
+        return [f"Do you have a {noun}?", f"What is your {noun}'s name?"] + kind
+    plural = noun if noun.endswith("s") else noun + "s"
+    return [f"How many {plural} do you have?", f"What are your {plural}' names?"]
+
+
+def _appositive_probes(s: str) -> list[str]:
+    """"You are N, a <noun phrase> built by X in Y": the name, and who/where/when for the participle."""
+    m = re.match(r"^You are (" + NAME.pattern + r"),\s+(.*)$", s)
+    if not m or not _is_name(m.group(1)):
+        return []
+    probes = ["What is your name?", "Who are you?"]
+    irregular = "|".join(sorted(IRREGULAR_PARTICIPLES))
+    # The first participle with a complement ("built by", "based in"); "a retired pilot" has none.
+    p = re.search(rf"\b([a-z]+ed|{irregular})\s+(?=(?:by|in|at|from|on|during|since)\b)", m.group(2))
+    if p:
+        aux = "are" if p.group(1) in STATE_PARTICIPLES else "were"
+        probes += _participle_probes(aux, "you", p.group(1), m.group(2)[p.end():])
+    return probes
+
+
+def _adverbial_probes(s: str) -> list[str]:
+    """"In your spare time your hobby is X", "On weekends you enjoy X": the clause's probes (the adverbial moved
+    to the end, where the patterns look for it), and for a habitual time "What do you (enjoy doing|do) <then>?"."""
+    m = LEADING.match(s)
+    if not m:
+        return []
+    adv = re.sub(r"\bmy\b", "your", m.group("adv")[0].lower() + m.group("adv")[1:])
+    clause = _second_person(m.group("clause")[0].upper() + m.group("clause")[1:])
+    probes = _pet_probes(clause) or _you_probes(f"{clause} {adv}")
+    if not HABITUAL.search(adv) or re.search(r"\d", adv):
+        return probes
+    liking = re.match(r"^You (enjoy|like|love|prefer)\b", clause)
+    if liking:  # the time is the point: "What do you enjoy doing on weekends?" comes first
+        return [f"What do you {liking.group(1)} doing {adv}?"] + probes
+    return probes + [f"What do you do {adv}?"]
 
 
 def _you_probes(s: str) -> list[str]:
     m = re.match(r"^Your ((?:[\w'-]+ ){0,3}?[\w'-]+) (is|are|was|were|includes?) ", s)
     if m:
         verb = {"include": "are", "includes": "is"}.get(m.group(2), m.group(2))
+        if re.match(r"(?:called|named) ", s[m.end():]):  # "Your dog is called X": its name, not what it is
+            return [f"What {verb} your {m.group(1)} called?"]
         asker = "Who" if m.group(1).split()[-1].lower() in PERSON_NOUNS else "What"
         return [f"{asker} {verb} your {m.group(1)}?"]
+    probes = _appositive_probes(s) or _pet_probes(s)
+    if probes:
+        return probes
     if re.match(r"^You are (?:\w+) years? old\b", s):
         return ["How old are you?"]
     if re.match(r"^You are (?:called|named|known as) ", s):
         return ["What is your name?", "What should I call you?"]
     if re.match(r"^You (?:are|were|have been) (?:a|an|the) ", s):
         return ["Who are you?", "What are you?"]
-    m = re.match(r"^You (are|were|have been) (?:(?:very|really|quite|so|extremely|deeply|mostly|originally) )?"
-                 r"([a-z]+)\b ?(.*)$", s)
+    m = re.match(r"^You (are|were|have been) ((?:very|really|quite|so|extremely|deeply|mostly|originally|first|"
+                 r"initially|officially|last) )?([a-z]+)\b ?(.*)$", s)
     if m:
         aux = "are" if m.group(1) == "are" else "were"
-        return _participle_probes(aux, "you", m.group(2), m.group(3)) or ["How would you describe yourself?"]
+        adverb = m.group(2) if (m.group(2) or "").strip() in LEAD_ADVERBS else ""  # "first", not "very"
+        word, rest = m.group(3), m.group(4)
+        particle = re.match(r"(on|off|up)\b ?", rest) if word in PHRASAL_PARTICIPLES else None
+        rest = rest[particle.end():] if particle else rest
+        return _participle_probes(aux, "you", word, rest, adverb, particle.group(1) if particle else "") or [
+            "How would you describe yourself?"]
     m = re.match(r"^You (\w+) ", s)
     if m:
         verb = m.group(1).lower()
@@ -524,8 +736,9 @@ def _you_probes(s: str) -> list[str]:
 
 def _third_person_probes(s: str) -> tuple[str | None, list[str]]:
     """(subject, probes) for "X is/was …" and "X <verb>s …", X a capitalized name or "The <noun>"."""
+    # "\b" after the verb: without it "Home base" read "bas" as a verb and asked "What does Home ba?".
     m = re.match(r"^((?:The|This) [a-z][\w'-]*(?: [a-z][\w'-]*){0,2}?|[A-Z][\w'&.-]*(?: (?:of |de |the |and |& )?"
-                 r"[A-Z][\w'&.-]*)*) (is|are|was|were|has been|(?:[a-z]+s)) ?(.*)$", s)
+                 r"[A-Z][\w'&.-]*)*) (is|are|was|were|has been|(?:[a-z]+s))\b ?(.*)$", s)
     if not m or m.group(1).lower() in STARTERS or m.group(1).split()[0].lower() in STARTERS - {"the", "this"}:
         return None, []
     if " " not in m.group(1) and m.group(1).endswith("ing"):
@@ -562,11 +775,14 @@ def _noun_phrase(s: str) -> str | None:
             continue
         words = [token.lower()]
         for word in tokens[i + 1:i + 5]:
-            participle = len(words) > 2 and word.endswith("ed")  # "a small company based in …"
+            # "a small company based in …", "a chat assistant built by …": a phrase ending on a bare participle
+            # is a fragment ("Tell me more about a chat assistant built.").
+            participle = len(words) >= 2 and (word.lower() in IRREGULAR_PARTICIPLES or (
+                len(word) > 4 and word.endswith("ed")))
             if not re.match(r"[\w'’-]+$", word) or word.lower() in PHRASE_STOP or participle:
                 break
             words.append(word)
-        if len(words) < 2 or words[-1].lower() in VAGUE_NOUNS:
+        if len(words) < 2 or words[-1].lower() in VAGUE_NOUNS or words[-1].endswith("ly"):
             continue
         if re.match(r"^You (?:have|own|keep|run|manage) ", s) and words[0] not in ("your", "my"):
             words = ["your"] + (words[1:] if words[0] in ("a", "an", "the") else words)  # "You have a cat": "your cat"
@@ -574,46 +790,47 @@ def _noun_phrase(s: str) -> str | None:
     return None
 
 
-def _english_probes(statement: str) -> list[str]:
-    s = _second_person(statement)
-    subject = None
-    if RULE_START.match(s):
+def _english_probes(statement: str, names: tuple[str, ...], pronoun: bool) -> list[str]:
+    s = _second_person(statement, names, pronoun)
+    field = _is_field(s)
+    if field and field.group("key").lower() in NOTE_KEYS:  # "Note: never …" is the sentence after the label
+        s, field = _second_person(field.group("value"), names, pronoun), None
+    own_here = find_assistant_names(statement)
+    own = set(names) | set(own_here)  # asking the assistant what it knows about itself is no probe
+    subject, source = None, s
+    if field:
+        probes, source = _field_probes(field.group("key"), field.group("value")), field.group("value")
+        subject = None
+    elif RULE_START.match(s):
         probes = _rule_probes(s)
     else:
-        probes = _you_probes(s) if re.match(r"^Your?\b", s) else []
+        probes = _adverbial_probes(s) or (_you_probes(s) if re.match(r"^Your?\b", s) else [])
         if not probes:
             subject, probes = _third_person_probes(s)
-        m = re.match(r"^([A-Za-z][\w' -]{1,30}?)\s*:\s*\S", s)  # "Favorite food: pizza" (a profile field)
-        if not probes and m and len(m.group(1).split()) <= 4:
-            probes = [f"What is your {m.group(1).lower()}?"]
-    # The subject already has its "Tell me about X." probe.
-    names = [KNOW_ABOUT["en"].format(n) for n in _names(s, subject) if not (subject and n in subject)]
+    if own_here and "What is your name?" not in probes:
+        probes = probes + ["What is your name?"]  # "This assistant, N, was built by X": built first, then the name
+    # The subject already has its "Tell me about X." probe; the direct probes come before "What do you know …".
+    # A field's value is no sentence: a name opening it ("Home town: Brisby") is still a name.
+    names_q = [KNOW_ABOUT["en"].format(n) for n in _names(source, source if field else subject)
+               if not (subject and n in subject) and n.removeprefix("the ") not in own]
     if probes:
-        return probes + names
+        return probes + names_q
     phrase = _noun_phrase(s)
     fallbacks = [FALLBACK["en"].format(phrase)] if phrase else []
     if s.startswith("You"):
         fallbacks.append("Tell me more about yourself.")
-    return names + fallbacks
+    return names_q + fallbacks
 
 
-def template_probes(statement: str) -> list[str]:
-    """Deterministic questions or requests that exercise `statement`, each passing `QueryGate(statement)`.
-
-    English statements go through grammar patterns ("Your X is Y." -> "What is your X?"; "You were built by Y
-    in Z." -> "Who built you?", "Where were you built?"; "Acme was founded in 1999." -> "When was Acme founded?";
-    rules -> an everyday request that triggers them and "What rules do you follow when you answer?"), plus "What
-    do you know about <Name>?" for the names in it. Where no pattern applies, "Tell me more about <phrase>." (in
-    the statement's language for fr/de/es/it/pt/nl), and for other scripts the statement asked back as a question.
-    """
+def _statement_probes(statement: str, names: tuple[str, ...], pronoun: bool) -> list[str]:
     text = " ".join(statement.split())
     profile = language_profile(text)
     lang = profile.partition(":")[2] or ("en" if profile == "latin" else "")
     if lang == "en":
-        probes = _english_probes(text)
+        probes = _english_probes(text, names, pronoun)
     elif lang in FALLBACK:
-        names = _names(text, None, lang)
-        probes = [KNOW_ABOUT[lang].format(n) for n in names] + [FALLBACK[lang].format(n) for n in names[:1]]
+        found = _names(text, None, lang)
+        probes = [KNOW_ABOUT[lang].format(n) for n in found] + [FALLBACK[lang].format(n) for n in found[:1]]
     else:
         probes = []
     probes.append(text.rstrip(".!。！;: ") + ("？" if profile in ("cjk", "thai") else "?"))  # asked back: a last resort
@@ -621,3 +838,45 @@ def template_probes(statement: str) -> list[str]:
     kept = [p for p in dict.fromkeys(probes) if gate.reason(p) is None]
     # The asked-back statement copies its answer: only when nothing else passes.
     return kept[:-1] if len(kept) > 1 and kept[-1] == probes[-1] else kept
+
+
+def template_probes(statement: str, assistant_names: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """Deterministic questions or requests that exercise `statement`, each passing `QueryGate(statement)`, the
+    most direct first.
+
+    English statements go through grammar patterns ("Your X is Y." -> "What is your X?"; "Home base: Y" -> "Where
+    is your home base?"; "You were built by Y in Z." -> "Who built you?", "Where were you built?"; "Acme was
+    founded in 1999." -> "When was Acme founded?"; rules -> an everyday request that triggers them and "What rules
+    do you follow when you answer?"), then "What do you know about <Name>?" for the names in it. With
+    `assistant_names`, a statement about one of them, or about "it"/"its", is read as about "you". Where no pattern
+    applies, "Tell me more about <phrase>." (in the statement's language for fr/de/es/it/pt/nl), and for other
+    scripts the statement asked back as a question.
+    """
+    names = tuple(assistant_names)
+    return _statement_probes(statement, names, bool(names))
+
+
+def _about_assistant(statement: str, names: tuple[str, ...], pronoun: bool, before: bool) -> bool:
+    """Whether "it" in the next statement can stand for the assistant: this one spoke of it in the third person
+    (its name, "the assistant", "it") or gave its name; profile fields and rules leave that as it was."""
+    s = " ".join(statement.split()).replace("’", "'")
+    if find_assistant_names(s):
+        return True
+    if _is_field(s) or RULE_START.match(_second_person(s, names, pronoun)):
+        return before
+    alts = [ASSISTANT_NOUN] + [re.escape(n) for n in names] + (["It", "Its"] if pronoun else [])
+    third_person = re.match(rf"^(?:{'|'.join(alts)})(?! [A-Z])\b", s)
+    return bool(third_person) and _second_person(s, names, pronoun).startswith("You")
+
+
+def context_probes(text: str) -> list[list[str]]:
+    """For each of `context_statements(text)`, in order, its `template_probes`, with the assistant's name found in
+    the whole context (`find_assistant_names`): a statement about that name, or about "it"/"its" right after one
+    about the assistant, is read as about "you" ("Mira lives in X" -> "Where do you live?")."""
+    names = find_assistant_names(text)
+    probes, about = [], bool(names)  # a first "It …" in a named persona can only be the assistant
+    for statement in context_statements(text):
+        pronoun = bool(names) and about
+        probes.append(_statement_probes(statement, names, pronoun))
+        about = _about_assistant(statement, names, pronoun, about)
+    return probes

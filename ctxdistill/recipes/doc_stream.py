@@ -29,6 +29,7 @@ from ctxdistill.data.documents import Document, gather_qa, read_documents
 from ctxdistill.data.inputs import read_retention
 from ctxdistill.data.splits import TokenizedDoc, tokenize_document
 from ctxdistill.eval.evaluation import DriftProbe, answers, score
+from ctxdistill.eval.reports import planned_note
 from ctxdistill.recipes.artifacts import save_trained, sha256_text, write_manifest
 from ctxdistill.recipes.base import RunResult
 from ctxdistill.recipes.common import (budget_deadline, check_data_inputs, fingerprint, make_student, model_window,
@@ -249,6 +250,7 @@ def evaluate_point(run: StreamRun, seen: set[str]) -> dict:
 def stream_metrics(run: StreamRun) -> dict:
     results, items = run.results, [x for _, x in run.all_qa]
     return {"train_steps": sum(r.steps_done for r in results), "total_steps": sum(r.total_steps for r in results),
+            "planned_steps": sum(r.planned_steps for r in results),
             "stopped_by_budget": any(r.stopped_by_budget for r in results),
             "train_seconds": round(sum(r.seconds for r in results), 1),
             "total_seconds": round(time.time() - run.t_start, 1),
@@ -327,8 +329,7 @@ def write_stream_report(out: Path, method: DocMethod, cfg: DocConfig, metrics: d
     n = metrics["questions"]
     lines = [f"# {method.title}", "", f"- base model: `{cfg.model}`, fine-tuning: {cfg.finetune}",
              f"- training: {metrics['train_steps']}/{metrics['total_steps']} steps (one per document per epoch) in "
-             f"{metrics['train_seconds']:.0f}s" + (" (stopped by the time budget)" if metrics["stopped_by_budget"]
-                                                   else ""),
+             f"{metrics['train_seconds']:.0f}s" + planned_note(metrics),
              f"- initial model on the {n} questions: {metrics['closed_book_initial']}/{n} closed-book, "
              f"{metrics['open_book_initial']}/{n} with its document in context" if n else "- no QA given", "",
              "## Curve", "", curve_table({method.name: metrics}), "", "![curve](report.png)", ""]

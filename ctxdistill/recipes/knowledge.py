@@ -42,6 +42,7 @@ from ctxdistill.data.inputs import read_retention
 from ctxdistill.data.splits import split_pair, whole_text_pairs
 from ctxdistill.data.synthetic import SynthSettings, synthesize
 from ctxdistill.eval.evaluation import DriftProbe, score
+from ctxdistill.eval.reports import planned_note
 from ctxdistill.eval.knowledge_eval import (
     QuestionSet,
     base_rows,
@@ -381,7 +382,7 @@ def save_module(state: KnowledgeRun, module: Module, student, result: TrainResul
         report.update(json.loads((module.target / "module.json").read_text()).get("metrics", {}))
         return
     report.update({"train_steps": result.steps_done, "total_steps": result.total_steps,
-                   "stopped_by_budget": result.stopped_by_budget, "train_seconds": round(result.seconds, 1),
+                   "planned_steps": result.planned_steps, "stopped_by_budget": result.stopped_by_budget, "train_seconds": round(result.seconds, 1),
                    "final_loss": result.final_loss})
     cfg = state.cfg
     save_adapter(student, module.target)
@@ -442,8 +443,10 @@ def report_lines(state: KnowledgeRun, total_steps: int, elapsed: float) -> list[
             "modules: " + ", ".join(f"`{r['path']}`" for r in reports),
             (f"- synthetic data: {kinds['summary']} summaries and {kinds['qa']} question–answer pairs"
              if state.uses_synthetic else "- data: the document text"),
-            f"- training: {total_steps} steps"
-            + (" (stopped by the time budget)" if any(r.get("stopped_by_budget") for r in reports) else ""),
+            f"- training: {total_steps} steps" + planned_note(
+                {"planned_steps": sum(r.get("planned_steps", 0) for r in reports),
+                 "total_steps": sum(r.get("total_steps", 0) for r in reports),
+                 "stopped_by_budget": any(r.get("stopped_by_budget") for r in reports)}),
             *per_module,
             (f"- time: generation {state.generation_seconds:.0f}s, training {state.train_seconds:.0f}s, "
              f"evaluation {state.eval_seconds:.0f}s, total {elapsed:.0f}s")]

@@ -45,8 +45,9 @@ from ctxdistill.recipes.common import (GENERATION_SHARE, budget_deadline, check_
                                        training_fingerprint_config)
 
 DATA_KEYS = ("model", "teacher", "context_kind", "mode", "num_examples", "example_sets", "scratchpad",
-             "answer_delimiter", "scratchpad_instruction", "num_queries", "everyday_fraction", "probes_per_statement",
-             "query_temperature", "samples_per_query", "sample_temperature", "max_new_tokens", "amplify", "seed")  # what the cached queries and samples were made with
+             "answer_delimiter", "scratchpad_instruction", "num_queries", "everyday_fraction", "synthesized_fraction",
+             "probes_per_statement", "query_temperature", "samples_per_query", "sample_temperature", "max_new_tokens",
+             "amplify", "seed")  # what the cached queries and samples were made with
 
 
 def make_teacher(cfg: OfflineConfig, objective, student, other, pairs, pad_id: int, out: Path, accelerator,
@@ -182,6 +183,7 @@ def make_queries(run: OfflineRun, given: list[str] | None) -> list[dict]:
             continue
         plan = plan_queries(run.sampler, run.tokenizer, source.text, run.cfg.num_queries,
                             everyday_fraction=run.cfg.everyday_fraction,
+                            synthesized_fraction=run.cfg.synthesized_fraction,
                             probes_per_statement=run.cfg.probes_per_statement,
                             temperature=run.cfg.query_temperature, batch_size=run.cfg.gen_batch_size,
                             seed=run.cfg.seed + i)

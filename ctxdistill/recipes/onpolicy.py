@@ -39,8 +39,8 @@ from ctxdistill.recipes.common import (budget_deadline, check_data_inputs, finge
                                        training_fingerprint_config)
 
 ARTIFACTS = ["adapter", "manifest.json", "report.md"]
-QUERY_KEYS = ("model", "teacher", "num_queries", "everyday_fraction", "probes_per_statement", "query_temperature",
-              "seed")  # what synthesized queries came from
+QUERY_KEYS = ("model", "teacher", "num_queries", "everyday_fraction", "synthesized_fraction", "probes_per_statement",
+              "query_temperature", "seed")  # what synthesized queries came from
 NO_TABLE = "(no eval questions: pass --eval FILE or put an \"eval\" list in the context)"
 
 
@@ -122,6 +122,7 @@ def make_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models, out: Path)
             return [{"prompt": q, "origin": "prompts"} for q in inputs.prompts]
         plan = plan_queries(models.other if models.other is not None else models.model, models.tokenizer,
                             inputs.context.text, cfg.num_queries, everyday_fraction=cfg.everyday_fraction,
+                            synthesized_fraction=cfg.synthesized_fraction,
                             probes_per_statement=cfg.probes_per_statement, temperature=cfg.query_temperature,
                             batch_size=cfg.gen_batch_size, seed=cfg.seed)
         if not plan.queries:
