@@ -66,3 +66,21 @@ def test_a_resumed_run_keeps_the_fitted_schedule(tmp_path):
     again = run(tmp_path, seconds=0.0, budget=60, resume=True)  # resumes at the end: nothing left to do
     assert again.total_steps == first.total_steps < again.planned_steps
     assert again.steps_done == first.steps_done
+
+
+def test_offline_sampling_stops_at_a_round_when_the_next_would_pass_the_generation_share(
+        monkeypatch, tiny_model_dir, persona_files, tmp_path):
+    """Every query keeps the same number of samples: the budget cuts whole rounds, never a round halfway."""
+    from ctxdistill.config import load_config
+    from ctxdistill.recipes import offline
+
+    cfg = load_config("offline", sets=["samples_per_query=4", "max_new_tokens=4", "dtype=float32"],
+                      model=str(tiny_model_dir), max_minutes=10)
+    inputs = offline.read_inputs(cfg, [persona_files["context"]], persona_files["prompts"], None, None)
+    run = offline.set_up(cfg, inputs, tmp_path / "run", False, None)
+    queries = offline.make_queries(run, inputs.prompts)
+    clock = iter(range(0, 10_000, 100))  # each look at the clock: 100 s later
+    monkeypatch.setattr(offline.time, "time", lambda: run.t_start + next(clock))
+    samples = offline.make_samples(run, queries)  # 40% of 600 s: round 1 ends at ~200 s, a 2nd would end at ~400 s
+    per_query = {q["prompt"]: sum(s["query"] == q["prompt"] for s in samples) for q in queries}
+    assert set(per_query.values()) == {1}

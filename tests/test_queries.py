@@ -1,5 +1,7 @@
 """The query plan of a bare context: probes of every statement, everyday requests, model-written queries, all gated."""
 
+import json
+
 from ctxdistill.data import queries
 from ctxdistill.data.queries import everyday_requests, plan_queries, query_origins
 
@@ -58,3 +60,22 @@ def test_other_language_contexts_do_not_take_english_everyday_requests(monkeypat
                                          "toujours et tu aimes la mer.", n=10, everyday_fraction=0.5)
     assert not any(q["origin"] == "everyday" for q in plan.queries)
     assert any(q["origin"] == "probe (template)" for q in plan.queries)
+
+
+def test_a_bare_text_context_trains_on_gated_queries_recorded_in_manifest_and_report(tiny_model_dir, tmp_path):
+    from conftest import run_cli
+
+    context = tmp_path / "persona.txt"
+    context.write_text(CONTEXT + "\n")
+    out = tmp_path / "run"
+    result = run_cli("distill", "offline", "--model", str(tiny_model_dir), "--context", str(context), "--out",
+                     str(out), "--set", "dtype=float32", "num_queries=12", "samples_per_query=1", "max_new_tokens=6",
+                     "max_steps=1", "eval_max_new_tokens=3")
+    assert result.returncode == 0, result.stderr
+    data = json.loads((out / "manifest.json").read_text())["data"]
+    assert sum(data["query_origins"].values()) == data["queries"] == 12
+    assert data["query_origins"]["probe (template)"] >= 3 and data["query_origins"]["everyday"] >= 3
+    gate = data["query_gate"][0]
+    assert gate["offered"] >= gate["accepted"] >= 12 and len(gate["raw"]) > 0
+    report = (out / "report.md").read_text()
+    assert "## Queries" in report and "Quality gate (persona.txt)" in report and "| model-written query |" in report
