@@ -27,6 +27,8 @@ VARIANTS = {  # name -> --set pairs, on top of the recipe's defaults
     "alpha=1": ["amplify=1"],
     "alpha=2": ["amplify=2"],
     "evidence=0.25": ["evidence_filter=0.25"],
+    "no-synthesized": ["synthesized_fraction=0"],
+    "tokens=48": ["max_new_tokens=48"],
 }
 
 

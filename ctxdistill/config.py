@@ -249,7 +249,8 @@ class OfflineConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection
     answer_delimiter: str = "Answer:"
     scratchpad_instruction: str = "Think step by step, then write 'Answer:' followed by the final answer."
     teacher_cache: bool = doc(False, "score the samples once, keep the teacher's top-k on disk (needs top_k > 0)")
-    samples_per_query: Positive = 8
+    samples_per_query: Positive = doc(8, "teacher samples per given prompt or probe of a statement")
+    samples_per_other_query: Positive = doc(2, "teacher samples per everyday or model-written query")
     evidence_filter: Annotated[float, Field(ge=0, lt=1)] = doc(
         0.0, "drop this share of the teacher samples the context explains least (mean log p(y|c,x) − log p(y|x))")
 

@@ -35,6 +35,7 @@ SEED_QUERIES = ["Can you tell me about yourself?", "What should I know before we
 RAW_EXAMPLES = 20  # model-written queries shown in the report with the gate's verdict
 
 ORIGINS = ("probe (model)", "probe (template)", "everyday", "synthesized")
+OTHER_ORIGINS = ("everyday", "synthesized")  # queries not about one statement of the context
 
 
 def everyday_requests() -> list[str]:

@@ -33,7 +33,7 @@ from ctxdistill.core.topk_cache import TopKCache, build_topk_cache
 from ctxdistill.core.training import total_steps_for, train
 from ctxdistill.data.anchors import make_anchors, with_anchors
 from ctxdistill.data.inputs import read_context, read_prompts, read_qa, read_qa_items, read_retention
-from ctxdistill.data.queries import plan_queries, query_origins
+from ctxdistill.data.queries import OTHER_ORIGINS, plan_queries, query_origins
 from ctxdistill.data.sources import Source, context_source, examples_source
 from ctxdistill.eval.evaluation import evaluate, results_table
 from ctxdistill.eval.reports import planned_note, query_report, write_report
@@ -46,7 +46,8 @@ from ctxdistill.recipes.common import (GENERATION_SHARE, budget_deadline, check_
 
 DATA_KEYS = ("model", "teacher", "context_kind", "mode", "num_examples", "example_sets", "scratchpad",
              "answer_delimiter", "scratchpad_instruction", "num_queries", "everyday_fraction", "synthesized_fraction",
-             "probes_per_statement", "query_temperature", "samples_per_query", "sample_temperature", "max_new_tokens",
+             "probes_per_statement", "query_temperature", "samples_per_query", "samples_per_other_query",
+             "sample_temperature", "max_new_tokens",
              "amplify", "seed")  # what the cached queries and samples were made with
 
 
@@ -197,12 +198,18 @@ def make_queries(run: OfflineRun, given: list[str] | None) -> list[dict]:
     return rows
 
 
+def samples_for(row: dict, cfg: OfflineConfig) -> int:
+    """Given prompts and the probes of the context's statements carry its content: samples_per_query each. The
+    everyday and model-written queries spread its influence to other requests: samples_per_other_query each."""
+    return cfg.samples_per_other_query if row.get("origin") in OTHER_ORIGINS else cfg.samples_per_query
+
+
 def sample_jobs(run: OfflineRun, queries: list[dict]) -> list[list[tuple[dict, list]]]:
     """(query row, its teacher views) per sample, in rounds: round k holds every query's k-th sample."""
     cfg, rng = run.cfg, random.Random(run.cfg.seed)
-    rounds = [[] for _ in range(cfg.samples_per_query)]
+    rounds = [[] for _ in range(max(samples_for(row, cfg) for row in queries))]
     for n, row in enumerate(queries):
-        for k in range(cfg.samples_per_query):
+        for k in range(samples_for(row, cfg)):
             views = run.sources[row["source"]].views(rng, cfg.example_sets, n * cfg.samples_per_query + k)
             if cfg.mode == "ensemble":
                 views = views + [c for j, s in enumerate(run.sources) if j != row["source"]
@@ -221,8 +228,8 @@ def make_samples(run: OfflineRun, queries: list[dict]) -> list[dict]:
     t0 = time.time()
     for k, jobs in enumerate(rounds):
         if k and deadline and time.time() + (time.time() - t0) / k > deadline:
-            run.accelerator.print(f"Time budget: {k} of {cfg.samples_per_query} samples per query (generation may "
-                                  f"use {GENERATION_SHARE:.0%} of the budget).")
+            run.accelerator.print(f"Time budget: {k} of {len(rounds)} rounds of samples (generation may use "
+                                  f"{GENERATION_SHARE:.0%} of the budget).")
             break
         prompts = [render_prompt(run.tokenizer, teacher_query(row["prompt"], cfg), views[0]) for row, views in jobs]
         shared = shared_prefix_len(prompts, [len(p) for p in prompts]) if cfg.prefix_cache else 0
