@@ -287,6 +287,8 @@ class OnpolicyConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSectio
     batch_size: Positive = doc(16, "queries (= samples) per optimizer step")
     micro_batch_size: Positive = 16
     max_steps: Count = doc(110, "every step samples afresh, so training is counted in steps")
+    probe_repeats: Positive = doc(4, "each given prompt or probe of a statement is drawn this many times as often as an "
+                                     "everyday or model-written query")
     lr: NonNegative = 2e-3
     warmup_ratio: Share = 0.05
 

@@ -225,9 +225,9 @@ def make_samples(run: OfflineRun, queries: list[dict]) -> list[dict]:
     cfg, samples = run.cfg, []
     deadline = generation_deadline(cfg, run.t_start)
     rounds = sample_jobs(run, queries)
-    t0 = time.time()
+    t0, done = time.time(), 0
     for k, jobs in enumerate(rounds):
-        if k and deadline and time.time() + (time.time() - t0) / k > deadline:
+        if k and deadline and time.time() + (time.time() - t0) / done * len(jobs) > deadline:  # at the rate so far
             run.accelerator.print(f"Time budget: {k} of {len(rounds)} rounds of samples (generation may use "
                                   f"{GENERATION_SHARE:.0%} of the budget).")
             break
@@ -243,6 +243,7 @@ def make_samples(run: OfflineRun, queries: list[dict]) -> list[dict]:
         samples += [{"source": row["source"], "query": row["prompt"], "contexts": [c.text for c in views],
                      "completion_ids": y, "text": run.tokenizer.decode(y, skip_special_tokens=True)}
                     for (row, views), y in zip(jobs, outs) if y]
+        done += len(jobs)
     return samples
 
 

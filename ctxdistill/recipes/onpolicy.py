@@ -29,7 +29,7 @@ from ctxdistill.core.pairs import Context, assistant_header, build_pair, render_
 from ctxdistill.core.teacher import Teacher, load_teacher_model
 from ctxdistill.core.training import TrainResult, train
 from ctxdistill.data.inputs import read_context, read_prompts, read_qa, read_qa_items, read_retention
-from ctxdistill.data.queries import plan_queries, query_origins
+from ctxdistill.data.queries import OTHER_ORIGINS, plan_queries, query_origins
 from ctxdistill.eval.evaluation import evaluate, results_table
 from ctxdistill.eval.reports import planned_note, query_report, write_report
 from ctxdistill.recipes.artifacts import save_trained, sha256_text, write_manifest
@@ -132,10 +132,13 @@ def make_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models, out: Path)
         return plan.queries
 
     rows = main_process_writes(models.accelerator, out / "data" / "queries.jsonl", synthesize)
-    texts = [row["prompt"] for row in rows]
+    # Probes carry the context's content, everyday and model-written queries spread its influence: a probe is drawn
+    # probe_repeats times as often (offline gets the same balance from samples_per_query / samples_per_other_query).
+    texts = [row["prompt"] for row in rows for _ in range(1 if row.get("origin") in OTHER_ORIGINS
+                                                            else cfg.probe_repeats)]
     tokenizer = models.tokenizer
-    queries = Queries(texts, {q: render_prompt(tokenizer, q, inputs.context) for q in texts},
-                      {q: render_prompt(tokenizer, q) for q in texts})
+    queries = Queries(texts, {q: render_prompt(tokenizer, q, inputs.context) for q in set(texts)},
+                      {q: render_prompt(tokenizer, q) for q in set(texts)})
     longest = max(len(p) for p in queries.teacher_prompts.values()) + cfg.max_new_tokens
     if longest > models.window:
         raise CtxDistillError(f"Context + query + completion is {longest} tokens, longer than the model window "
@@ -265,11 +268,11 @@ def write_artifacts(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries
         metrics["evaluation"] = evaluation
     write_manifest(out, {"recipe": "onpolicy", "base_model": cfg.model, "base_model_path": models.base_path,
                          "context_sha256": [sha256_text(inputs.context.text)], "context_kind": cfg.context_kind,
-                         "config": cfg.to_dict(), "data": {"queries": len(queries.texts),
+                         "config": cfg.to_dict(), "data": {"queries": len(set(queries.texts)),
                                                            "query_origins": queries.origins, "query_gate": gates},
                          "metrics": metrics})
     write_report(out, "on-policy context distillation",
-                 report_lines(cfg, setup.objective, result, stats, len(queries.texts), t_start), evaluation,
+                 report_lines(cfg, setup.objective, result, stats, len(set(queries.texts)), t_start), evaluation,
                  result.loss_history, extra=query_report(queries.origins, gates))
     return RunResult(out, ARTIFACTS, metrics, results_table(evaluation) if evaluation else "", NO_TABLE)
 
