@@ -248,6 +248,8 @@ class OfflineConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection
     scratchpad: bool = doc(False, "the teacher reasons before answer_delimiter; the student learns only the answer")
     answer_delimiter: str = "Answer:"
     scratchpad_instruction: str = "Think step by step, then write 'Answer:' followed by the final answer."
+    amplify: NonNegative = doc(1.0, "α of context-amplified teacher samples and targets: (1+α)·log p(·|c,x) − "
+                                    "α·log p(·|x); 0: the teacher as is (the default is 0 with an ensemble or cache)")
     teacher_cache: bool = doc(False, "score the samples once, keep the teacher's top-k on disk (needs top_k > 0)")
     samples_per_query: Positive = doc(8, "teacher samples per given prompt or probe of a statement")
     samples_per_other_query: Positive = doc(2, "teacher samples per everyday or model-written query")
@@ -262,9 +264,11 @@ class OfflineConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection
             raise ValueError("teacher=live (the current student as its own teacher) is for the onpolicy recipe; "
                              "offline samples are written before training, by a fixed teacher.")
         if self.amplify and (self.teacher_cache or self.mode == "ensemble" or self.example_sets > 1):
-            raise ValueError("amplify sharpens one teacher view against the same model without the context; it "
-                             "needs the live teacher (teacher_cache=false) and one view (mode=sequential, "
-                             "example_sets=1).")
+            if "amplify" in self.model_fields_set:
+                raise ValueError("amplify sharpens one teacher view against the same model without the context; it "
+                                 "needs the live teacher (teacher_cache=false) and one view (mode=sequential, "
+                                 "example_sets=1).")
+            self.__dict__["amplify"] = 0.0  # the default gives way to a teacher it cannot sharpen
         if self.teacher_cache and (not self.top_k or self.top_k_support != "teacher"):
             raise ValueError("teacher_cache stores the teacher's top-k: set top_k > 0 and top_k_support=teacher.")
         objective = self.build_objective()
@@ -287,6 +291,8 @@ class OnpolicyConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSectio
     batch_size: Positive = doc(16, "queries (= samples) per optimizer step")
     micro_batch_size: Positive = 16
     max_steps: Count = doc(110, "every step samples afresh, so training is counted in steps")
+    amplify: NonNegative = doc(1.0, "α of context-amplified teacher targets: (1+α)·log p(·|c,x) − α·log p(·|x); 0: "
+                                    "the teacher as is")
     probe_repeats: Positive = doc(4, "each given prompt or probe of a statement is drawn this many times as often as an "
                                      "everyday or model-written query")
     lr: NonNegative = 2e-3
@@ -302,6 +308,8 @@ class OnpolicyConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSectio
 
 class ExperienceConfig(OnpolicyConfig):
     """experience: solve tasks, write notes from the traces, keep the best, consolidate them on-policy"""
+    amplify: NonNegative = doc(0.0, "α of context-amplified targets in the consolidation (measured on personas, "
+                                    "not on notes: off by default)")
     select_fraction: OpenShare = doc(0.25, "tasks that pick the best note set")
     test_fraction: OpenShare = doc(0.25, "tasks for the report")
     experience_candidates: Positive = doc(4, "note sets written (sampled) from the model's own traces")

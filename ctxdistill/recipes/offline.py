@@ -204,18 +204,26 @@ def samples_for(row: dict, cfg: OfflineConfig) -> int:
     return cfg.samples_per_other_query if row.get("origin") in OTHER_ORIGINS else cfg.samples_per_query
 
 
+def sample_round(row: dict, k: int, cfg: OfflineConfig) -> int:
+    """The round of a query's k-th sample: round 0 samples every query once, the next rounds the probes (and given
+    prompts), the last ones the other queries' further samples, so a budget that stops early keeps the probes'."""
+    if k == 0 or row.get("origin") not in OTHER_ORIGINS:
+        return k
+    return max(cfg.samples_per_query, 1) + k - 1
+
+
 def sample_jobs(run: OfflineRun, queries: list[dict]) -> list[list[tuple[dict, list]]]:
-    """(query row, its teacher views) per sample, in rounds: round k holds every query's k-th sample."""
+    """(query row, its teacher views) per sample, in rounds (see sample_round); empty rounds are dropped."""
     cfg, rng = run.cfg, random.Random(run.cfg.seed)
-    rounds = [[] for _ in range(max(samples_for(row, cfg) for row in queries))]
+    rounds = [[] for _ in range(cfg.samples_per_query + cfg.samples_per_other_query)]
     for n, row in enumerate(queries):
         for k in range(samples_for(row, cfg)):
             views = run.sources[row["source"]].views(rng, cfg.example_sets, n * cfg.samples_per_query + k)
             if cfg.mode == "ensemble":
                 views = views + [c for j, s in enumerate(run.sources) if j != row["source"]
                                  for c in s.views(rng, cfg.example_sets, n)]
-            rounds[k].append((row, views))
-    return rounds
+            rounds[sample_round(row, k, cfg)].append((row, views))
+    return [jobs for jobs in rounds if jobs]
 
 
 def make_samples(run: OfflineRun, queries: list[dict]) -> list[dict]:
