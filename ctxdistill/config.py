@@ -11,7 +11,7 @@ import difflib
 import sys
 import typing
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -248,13 +248,19 @@ class OfflineConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection
     scratchpad: bool = doc(False, "the teacher reasons before answer_delimiter; the student learns only the answer")
     answer_delimiter: str = "Answer:"
     scratchpad_instruction: str = "Think step by step, then write 'Answer:' followed by the final answer."
-    amplify: NonNegative = doc(1.0, "α of context-amplified teacher samples and targets: (1+α)·log p(·|c,x) − "
-                                    "α·log p(·|x); 0: the teacher as is (the default is 0 with an ensemble or cache)")
+    amplify: Optional[NonNegative] = doc(None, "α of context-amplified teacher samples and targets: (1+α)·log "
+                                               "p(·|c,x) − α·log p(·|x); 0: the teacher as is; null (auto): 1 with one "
+                                               "live teacher view, else 0")
     teacher_cache: bool = doc(False, "score the samples once, keep the teacher's top-k on disk (needs top_k > 0)")
     samples_per_query: Positive = doc(8, "teacher samples per given prompt or probe of a statement")
     samples_per_other_query: Positive = doc(2, "teacher samples per everyday or model-written query")
     evidence_filter: Annotated[float, Field(ge=0, lt=1)] = doc(
         0.0, "drop this share of the teacher samples the context explains least (mean log p(y|c,x) − log p(y|x))")
+
+    @property
+    def one_teacher_view(self) -> bool:
+        """One live teacher view per sample: what amplification sharpens (a split context is checked at run time)."""
+        return not self.teacher_cache and self.mode == "sequential" and self.example_sets == 1
 
     @model_validator(mode="after")
     def _offline_rules(self):
@@ -263,12 +269,10 @@ class OfflineConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection
         if self.teacher == "live":
             raise ValueError("teacher=live (the current student as its own teacher) is for the onpolicy recipe; "
                              "offline samples are written before training, by a fixed teacher.")
-        if self.amplify and (self.teacher_cache or self.mode == "ensemble" or self.example_sets > 1):
-            if "amplify" in self.model_fields_set:
-                raise ValueError("amplify sharpens one teacher view against the same model without the context; it "
-                                 "needs the live teacher (teacher_cache=false) and one view (mode=sequential, "
-                                 "example_sets=1).")
-            self.__dict__["amplify"] = 0.0  # the default gives way to a teacher it cannot sharpen
+        if self.amplify and not self.one_teacher_view:
+            raise ValueError("amplify sharpens one teacher view against the same model without the context; it "
+                             "needs the live teacher (teacher_cache=false) and one view (mode=sequential, "
+                             "example_sets=1). Leave amplify unset (auto) or set it to 0.")
         if self.teacher_cache and (not self.top_k or self.top_k_support != "teacher"):
             raise ValueError("teacher_cache stores the teacher's top-k: set top_k > 0 and top_k_support=teacher.")
         objective = self.build_objective()

@@ -98,3 +98,27 @@ def test_amplify_needs_one_live_teacher_view(tiny_model_dir, persona_files, tmp_
     result = run_cli("distill", "offline", "--model", str(tiny_model_dir), "--context", str(persona_files["context"]),
                      "--out", str(tmp_path / "x"), "--set", "amplify=1", "mode=ensemble")
     assert result.returncode != 0 and "amplify sharpens one teacher view" in result.stderr
+
+
+def test_amplify_is_on_by_default_for_one_teacher_view_and_gives_way_to_a_split_context():
+    from types import SimpleNamespace
+
+    from ctxdistill import CtxDistillError
+    from ctxdistill.config import load_config
+    from ctxdistill.recipes.offline import resolve_amplify
+
+    whole, split = SimpleNamespace(parts=["all"], examples=None), SimpleNamespace(parts=["a", "b"], examples=None)
+    assert resolve_amplify(load_config("offline"), [whole]) == 1.0
+    assert resolve_amplify(load_config("offline"), [split]) == 0.0  # auto: off where it is not defined
+    assert resolve_amplify(load_config("offline", sets=["mode=ensemble"]), [whole]) == 0.0
+    assert resolve_amplify(load_config("offline", sets=["amplify=2"]), [whole]) == 2.0
+    with pytest.raises(CtxDistillError, match="split into parts"):
+        resolve_amplify(load_config("offline", sets=["amplify=2"]), [split])
+
+
+def test_the_amplified_tail_never_gains_on_the_plausible_tokens():
+    with_context = torch.tensor([[0.0, -1.2, -6.0, -7.0]]).log_softmax(-1)  # tokens 2, 3 are implausible
+    without = torch.tensor([[0.0, -5.0, -6.0, -7.0]]).log_softmax(-1)
+    before = with_context.exp()[0, 2:].sum() / with_context.exp()[0, :2].sum()
+    after = amplified_logprobs(with_context, without, 1.0).exp()
+    assert after[0, 2:].sum() / after[0, :2].sum() <= before + 1e-6

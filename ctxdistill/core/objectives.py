@@ -97,12 +97,14 @@ def amplified_logprobs(with_context: torch.Tensor, without: torch.Tensor, alpha:
 
     The teacher's distribution sharpened toward what the context changes: a small teacher that follows its context
     4 times in 10 puts more mass on the context's answer. Only plausible tokens (p(·|c, x) within PLAUSIBLE of the
-    likeliest, Li et al. 2023) are amplified; the rest keep log p(·|c, x), else a token both views find nearly
-    impossible could win by the ratio of two tiny numbers."""
+    likeliest, Li et al. 2023) are amplified; the rest move with the least-boosted plausible token, else a token
+    both views find nearly impossible could win by the ratio of two tiny numbers."""
     log_c, log_plain = with_context.log_softmax(-1), without.log_softmax(-1)
     plausible = log_c >= log_c.max(-1, keepdim=True).values + math.log(PLAUSIBLE)
-    boost = torch.where(plausible, alpha * (log_c - log_plain), torch.zeros_like(log_c))
-    return (log_c + boost).log_softmax(-1)
+    boost = alpha * (log_c - log_plain)
+    # The rest move with the least-boosted plausible token: they never gain on the plausible set.
+    floor = boost.masked_fill(~plausible, float("inf")).min(-1, keepdim=True).values
+    return (log_c + torch.where(plausible, boost, floor)).log_softmax(-1)
 
 
 @dataclass

@@ -216,7 +216,7 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
     start_step, history = 0, []
     if resume and checkpoint_path.exists():
         start_step, history = _load_checkpoint(checkpoint_path, fingerprint, loss_module, optimizer, scheduler)
-        accelerator.print(f"Resuming from step {start_step}/{total} ({checkpoint_path}).")
+        accelerator.print(f"Resuming from step {start_step}/{scheduler.lr_lambdas[0].total} ({checkpoint_path}).")
 
     model, optimizer = accelerator.prepare(loss_module, optimizer)  # the scheduler is ours: one step per update
     unwrapped = accelerator.unwrap_model(model)
@@ -236,8 +236,8 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
                disable=not accelerator.is_local_main_process)
     model.train()
     t0, tokens_seen, stopped, step, step_times = time.time(), 0, False, start_step, []
+    t_step = time.time()  # each step's time runs from the end of the one before: checkpoints are counted too
     while step < schedule.total:
-        t_step = time.time()
         ids = step_examples(step, len(examples), s.batch_size, s.seed)
         mine = [ids[j:j + micro] for j in range(0, len(ids), micro)][rank::world]  # this process's micro-batches
         step_loss, n_input_tokens = _forward_backward(accelerator, model, [collate([examples[i] for i in b])
@@ -252,6 +252,7 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
         history.append(step_loss)
         step += 1
         step_times.append(time.time() - t_step)
+        t_step = time.time()
         if s.deadline is not None and len(step_times) >= PROBE_STEPS:
             _refit(accelerator, scheduler, step_times, step, s.deadline, bar)
         bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_seen * world / max(time.time() - t0, 1e-9):.0f}",

@@ -93,7 +93,9 @@ def probe_queries(writer: _Writer, context_text: str, budget: int, per_statement
         for q in templates:
             if len(per[i]) < per_statement and writer.gate.offer(q):
                 per[i].append({"prompt": q, "origin": "probe (template)"})
-    missing = [i for i, rows in enumerate(per) for _ in range(per_statement - len(rows))]
+    # The slots left empty, in the order the round-robin fills them, only as many as the budget can still use.
+    missing = [i for rnd in range(per_statement) for i, rows in enumerate(per) if rnd >= len(rows)]
+    missing = missing[:max(0, budget - sum(len(rows) for rows in per))]
     if missing:
         written = writer.write([PROBE_TEMPLATE.format(statement=statements[i]) for i in missing], seed,
                                "writing probe questions")
@@ -146,7 +148,7 @@ def plan_queries(model, tokenizer, context_text: str, n: int, *, everyday_fracti
         plan.queries += everyday_queries(gate, context_text, n - len(plan.queries), seed)
     if len(plan.queries) < n:  # everyday requests off, or none for this language: the model writes the rest
         plan.queries += synthesized_queries(writer, context_text, n - len(plan.queries), shots, seed + 2)
-    plan.gate = gate.summary()
+    plan.gate = {**gate.summary(), "used": len(plan.queries)}  # passed the gate, and used (within the budgets)
     return plan
 
 

@@ -57,7 +57,8 @@ def query_report(origins: dict[str, int], gates: list[dict]) -> list[str]:
     for gate in gates:
         rejected = ", ".join(f"{reason} {n}" for reason, n in gate.get("rejected", {}).items()) or "none"
         lines += ["", f"Quality gate ({gate.get('source', '')}): {gate.get('accepted', 0)} of {gate.get('offered', 0)} "
-                      f"candidates kept; rejected: {rejected}.", "", "| model-written query | verdict |", "|---|---|"]
+                      f"candidates passed, {gate.get('used', gate.get('accepted', 0))} used; rejected: {rejected}.",
+                  "", "| model-written query | verdict |", "|---|---|"]
         lines += [f"| {row['text'][:120].replace('|', '/') or '(empty)'} | {row['verdict']} |"
                   for row in gate.get("raw", [])]
     return lines + [""]

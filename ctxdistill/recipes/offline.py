@@ -131,6 +131,7 @@ class OfflineRun:
     base_path: str
     window: int
     sources: list[Source]
+    amplify: float = 0.0  # α of amplified samples and targets, as resolved for this run (see resolve_amplify)
     other: Any = None  # another model as the teacher (--teacher), or None: the model itself, adapter off
     student: Any = None  # set at set-up only for --init-adapter; LoRA is added after sampling
     initial: Any = None  # the --init-adapter's own behaviour, for the report
@@ -161,8 +162,8 @@ def set_up(cfg: OfflineConfig, inputs: OfflineInputs, out: Path, resume: bool, i
     window = model_window(model, cfg)
     sources = load_sources(cfg, inputs.contexts, inputs.examples, tokenizer, window)
     other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device, model) if cfg.teacher else None
-    run = OfflineRun(cfg, out, resume, t_start, accelerator, model, tokenizer, base_path, window, sources, other,
-                     init_adapter=init_adapter)
+    run = OfflineRun(cfg, out, resume, t_start, accelerator, model, tokenizer, base_path, window, sources,
+                     resolve_amplify(cfg, sources), other, init_adapter=init_adapter)
     if init_adapter:
         if cfg.finetune != "lora":
             raise CtxDistillError("--init-adapter continues a LoRA adapter; it needs finetune=lora.")
@@ -171,6 +172,18 @@ def set_up(cfg: OfflineConfig, inputs: OfflineInputs, out: Path, resume: bool, i
         # keeps answering Zorblax with "Your name is Quibble." in context, so the base (adapter off) teaches.
         run.initial = MergedCopy(run.student).model
     return run
+
+
+def resolve_amplify(cfg: OfflineConfig, sources: list[Source]) -> float:
+    """α for this run: as set, or auto (unset): 1 where each sample has one live teacher view, else 0. A context
+    split into parts gives each sample one view per part, which amplification does not define."""
+    one_view = cfg.one_teacher_view and all(len(s.parts) == 1 for s in sources if s.examples is None)
+    if cfg.amplify is None:
+        return 1.0 if one_view else 0.0
+    if cfg.amplify and not one_view:
+        raise CtxDistillError("amplify sharpens one teacher view, but a context here is longer than the window and "
+                              "was split into parts (one view each). Leave amplify unset (auto) or set it to 0.")
+    return cfg.amplify
 
 
 def make_queries(run: OfflineRun, given: list[str] | None) -> list[dict]:
@@ -216,9 +229,11 @@ def sample_jobs(run: OfflineRun, queries: list[dict]) -> list[list[tuple[dict, l
     """(query row, its teacher views) per sample, in rounds (see sample_round); empty rounds are dropped."""
     cfg, rng = run.cfg, random.Random(run.cfg.seed)
     rounds = [[] for _ in range(cfg.samples_per_query + cfg.samples_per_other_query)]
+    index = 0  # each sample's own view index (a split context's parts take turns leading)
     for n, row in enumerate(queries):
         for k in range(samples_for(row, cfg)):
-            views = run.sources[row["source"]].views(rng, cfg.example_sets, n * cfg.samples_per_query + k)
+            views = run.sources[row["source"]].views(rng, cfg.example_sets, index)
+            index += 1
             if cfg.mode == "ensemble":
                 views = views + [c for j, s in enumerate(run.sources) if j != row["source"]
                                  for c in s.views(rng, cfg.example_sets, n)]
@@ -243,11 +258,11 @@ def make_samples(run: OfflineRun, queries: list[dict]) -> list[dict]:
         shared = shared_prefix_len(prompts, [len(p) for p in prompts]) if cfg.prefix_cache else 0
         prefix = encode_prefix(run.sampler, prompts[0][:shared]) if shared >= MIN_SHARED_PREFIX else None
         plain = [render_prompt(run.tokenizer, teacher_query(row["prompt"], cfg)) for row, _ in jobs] \
-            if cfg.amplify else None
+            if run.amplify else None
         outs = generate(run.sampler, run.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
                         temperature=cfg.sample_temperature, batch_size=cfg.gen_batch_size, seed=cfg.seed + k,
                         desc=f"teacher sampling ({k + 1}/{len(rounds)})", prefix=prefix, contrast=plain,
-                        alpha=cfg.amplify)
+                        alpha=run.amplify)
         samples += [{"source": row["source"], "query": row["prompt"], "contexts": [c.text for c in views],
                      "completion_ids": y, "text": run.tokenizer.decode(y, skip_special_tokens=True)}
                     for (row, views), y in zip(jobs, outs) if y]
@@ -289,11 +304,17 @@ def drop_unexplained(run: OfflineRun, pairs: list[Pair], sources_of: list[int], 
     share = run.cfg.evidence_filter
     if not share:
         return pairs, sources_of, samples, {}
-    was_training = run.sampler.training
-    run.sampler.eval()
-    with run.sampler_weights():
-        scores = context_evidence(run.sampler, pairs, run.tokenizer.pad_token_id, run.cfg.micro_batch_size)
-    run.sampler.train(was_training)
+    def score():
+        was_training = run.sampler.training
+        run.sampler.eval()
+        with run.sampler_weights():
+            found = context_evidence(run.sampler, pairs, run.tokenizer.pad_token_id, run.cfg.micro_batch_size)
+        run.sampler.train(was_training)
+        return [{"evidence": x} for x in found]
+
+    # Scored once by the main process and kept: every process and every resume keeps the same samples.
+    scores = [row["evidence"] for row in main_process_writes(run.accelerator, run.out / "data" / "evidence.jsonl",
+                                                             score)]
     order = sorted(range(len(pairs)), key=lambda i: scores[i], reverse=True)
     keep = sorted(order[:max(1, len(pairs) - round(share * len(pairs)))])
     dropped = sorted(set(range(len(pairs))) - set(keep))
@@ -340,7 +361,7 @@ def train_stages(run: OfflineRun, pairs: list[Pair], samples: list[dict], source
         teacher = make_teacher(cfg, objective, run.student, run.other, stage_pairs, tokenizer.pad_token_id, run.out,
                                run.accelerator, tag)
         loss_module = DistillLoss(run.student, teacher, objective, cfg.chunk_size, cfg.skip_first,
-                                  cfg.ensemble_weighting, amplify=cfg.amplify if teacher is not None else 0.0)
+                                  cfg.ensemble_weighting, amplify=run.amplify if teacher is not None else 0.0)
         data_id = [samples[i] for i in stage] if not cfg.scratchpad else stage
         if len(stages) > 1:
             run.accelerator.print(f"Stage {n + 1}/{len(stages)}: {run.sources[sources_of[stage[0]]].name}, "
@@ -384,7 +405,7 @@ def run(cfg: OfflineConfig, out: str, resume: bool = False, *, context=(), promp
               "query_gate": load_json(data / "query_gate.json", "query_gate.json")
               if (data / "query_gate.json").exists() else [],
               "samples": len(samples), "pairs": len(pairs), "anchor_pairs": anchor_pairs,
-              "scratchpad_dropped": dropped, "evidence_filter": evidence,
+              "scratchpad_dropped": dropped, "evidence_filter": evidence, "amplify": r.amplify,
               "completion_tokens": sum(p.completion_len for p in pairs)}
     result = write_artifacts(r, results, counts, qa, qa_contexts, inputs.retention, generation_seconds) \
         if r.accelerator.is_main_process else None
