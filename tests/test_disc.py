@@ -5,6 +5,7 @@ stream mode, compare)."""
 import json
 import random
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,9 +158,17 @@ def tiny_config(recipe: str, model_dir, **sets):
     return load_config(recipe, sets=[f"{k}={v}" for k, v in {**TINY, **sets}.items()], model=str(model_dir))
 
 
+def test_disc_default_is_the_hybrid_and_the_paper_preset_is_its_kl_alone_on_lora():
+    default = load_config("disc")
+    assert default.objective_terms() == {"forward_kl": 0.25, "sft": 1.0} and default.finetune == "full"
+    preset = Path(__file__).resolve().parent.parent / "configs" / "presets" / "disc-paper.yaml"
+    paper = load_config("disc", str(preset))
+    assert paper.objective_terms() == {"forward_kl": 1.0} and paper.finetune == "lora" and paper.lr == 1e-3
+
+
 def test_disc_streams_documents_skips_short_ones_and_writes_a_curve(tiny_model_dir, docs_file, tmp_path):
     out = tmp_path / "disc"
-    cfg = tiny_config("disc", tiny_model_dir, splits_per_doc=2)
+    cfg = tiny_config("disc", tiny_model_dir, splits_per_doc=2, finetune="lora", objective="forward_kl", lr=1e-3)
     with pytest.warns(UserWarning, match="too short to split.*stub"):
         result = RECIPES["disc"].run(cfg, str(out), docs=str(docs_file), stream=True)
     assert result.artifacts == ["adapter", "manifest.json", "curve.jsonl", "report.md"]

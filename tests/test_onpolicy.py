@@ -105,7 +105,7 @@ def test_a_bigger_teacher_with_the_same_tokenizer_teaches_a_smaller_student(tiny
     """The loss the student trains on scores its samples with the bigger model reading the context: it equals
     KL(student ‖ bigger model) computed from that model's own forward, and not the one against the base."""
     cfg, models, queries, setup, collate = steps(tiny_model_dir, persona_files, tmp_path / "run",
-                                                 teacher=str(bigger_teacher_dir), top_k=0)
+                                                 teacher=str(bigger_teacher_dir), top_k=0, amplify=0)
     bigger, base = plain_model(bigger_teacher_dir), plain_model(tiny_model_dir)
     assert bigger.config.hidden_size > base.config.hidden_size
     batch = collate(queries.texts[:2])
