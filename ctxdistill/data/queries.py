@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,9 +51,6 @@ class QueryPlan:
     raw: list[dict] = field(default_factory=list)  # model-written, before the gate: {"text", "verdict"}
     gate: dict = field(default_factory=dict)
 
-    def shares(self) -> dict[str, int]:
-        return {s: sum(q["origin"] == s for q in self.queries) for s in ORIGINS}
-
 
 class _Writer:
     """Model-written candidates through the gate, keeping a sample of the raw outputs for the report."""
@@ -69,10 +67,8 @@ class _Writer:
         kept = []
         for ids in outs:
             text = clean_query(self.tokenizer.decode(ids, skip_special_tokens=True))
-            rejected_before = dict(self.gate.rejected)
-            accepted = self.gate.offer(text)
-            verdict = None if accepted else next(r for r, n in self.gate.rejected.items()
-                                                 if n != rejected_before.get(r, 0))
+            verdict = self.gate.verdict(text)
+            accepted = verdict is None
             if len(self.plan.raw) < RAW_EXAMPLES:
                 self.plan.raw.append({"text": text, "verdict": verdict or "kept"})
             kept.append(text if accepted else None)
@@ -154,7 +150,4 @@ def plan_queries(model, tokenizer, context_text: str, n: int, *, everyday_fracti
 
 def query_origins(rows: list[dict]) -> dict[str, int]:
     """How many training queries came from each origin (given prompts, probes, everyday requests, synthesized)."""
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.get("origin", "prompts")] = counts.get(row.get("origin", "prompts"), 0) + 1
-    return counts
+    return dict(Counter(row.get("origin", "prompts") for row in rows))

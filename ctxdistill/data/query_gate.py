@@ -319,18 +319,22 @@ class QueryGate:
 
     def offer(self, query: str) -> bool:
         """Check an (already cleaned) query against the rules and the accepted queries; record it; True if kept."""
+        return self.verdict(query) is None
+
+    def verdict(self, query: str) -> str | None:
+        """offer(), returning why the query was rejected (None: kept)."""
         self.offered += 1
         key = _key(query)
         why = self.reason(query) or self._duplicate(key)
         if why is None:
             self.accepted.append(query)
             self._seen.append((key, set(key.split()), _trigrams(key)))
-            return True
+            return None
         self.rejected[why] = self.rejected.get(why, 0) + 1
         examples = self.examples.setdefault(why, [])
         if len(examples) < self.max_examples:
             examples.append(query)
-        return False
+        return why
 
     def summary(self) -> dict:
         order = [r for r in REASONS if r in self.rejected]
