@@ -95,6 +95,6 @@ def context_source(name: str, data: dict, kind: str, tokenizer, window: int | No
     return source
 
 
-def examples_source(path, num_examples: int, kind: str) -> Source:
-    examples = read_examples(path)
+def examples_source(path, num_examples: int, kind: str, columns=None) -> Source:
+    examples = read_examples(path, columns)
     return Source(Path(path).name, [], examples=examples, num_examples=num_examples, kind=kind)
