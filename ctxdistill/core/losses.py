@@ -110,6 +110,14 @@ class DistillLoss(torch.nn.Module):
             raise CtxDistillError(f"ensemble_weighting must be posterior or uniform, got {ensemble_weighting!r}.")
         self.chunk_size, self.skip_first, self.ensemble_weighting = chunk_size, skip_first, ensemble_weighting
         self.amplify = amplify  # α of context-amplified targets (objectives.amplified_logprobs); 0: the teacher as is
+        # For logging (core.training, when a tracker is on): a dict that forward adds each term's weighted sum to,
+        # as it computes them; None (the default) records nothing.
+        self.term_sums: dict[str, torch.Tensor] | None = None
+
+    @property
+    def term_names(self) -> list[str]:
+        """The loss's terms, as forward records them in `term_sums`: the objective's, and "hidden" (DCD)."""
+        return list(self.objective.terms) + (["hidden"] if self.objective.hidden_weight > 0 else [])
 
     def forward(self, batch: PairBatch):
         device = next(self.student.parameters()).device
@@ -143,11 +151,14 @@ class DistillLoss(torch.nn.Module):
                 if self.amplify else None
             teacher_rows = TeacherLogits(t_final[t_idx], self.teacher.head, plain, self.amplify)
         loss = head_loss(s_rows, output_head(self.student), teacher_rows if obj.needs_teacher_logits else None,
-                         batch.labels, obj, self.chunk_size) if obj.terms else s_rows.sum() * 0.0
+                         batch.labels, obj, self.chunk_size, parts=self.term_sums) if obj.terms else s_rows.sum() * 0.0
         if with_layers:
             s_sel = [h[batch.student_rows] for h in _pick_layers(s_layers, obj.hidden_layers)]
             t_sel = [h[t_idx] for h in _pick_layers(t_layers, obj.hidden_layers)]
-            loss = loss + obj.hidden_weight * hidden_state_term(s_sel, t_sel)
+            hidden = obj.hidden_weight * hidden_state_term(s_sel, t_sel)
+            loss = loss + hidden
+            if self.term_sums is not None:
+                self.term_sums["hidden"] = self.term_sums.get("hidden", 0.0) + hidden.detach()
         return loss, batch.student_mask.sum()
 
     def _query_evidence(self, views, prior: torch.Tensor, row_pair: torch.Tensor, n_pairs: int) -> torch.Tensor:

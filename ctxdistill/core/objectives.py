@@ -243,8 +243,10 @@ def _cached_support(obj: Objective, teacher: TeacherTopK, s_full, s_z):
 # ---- one chunk: logits in, weighted per-row terms summed out ----
 
 def chunk_loss(obj: Objective, s_logits: torch.Tensor, teacher, labels: torch.Tensor | None,
-               row_weight: torch.Tensor | None = None, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Σ over the chunk's rows of Σ_terms weight·term. `s_logits` are fp32 (or fp64) student logits, c × V."""
+               row_weight: torch.Tensor | None = None, compute_dtype: torch.dtype | None = None,
+               parts: dict | None = None) -> torch.Tensor:
+    """Σ over the chunk's rows of Σ_terms weight·term. `s_logits` are fp32 (or fp64) student logits, c × V.
+    `parts`, if given, gets each term's weighted sum added under its name (for logging; no extra forward)."""
     T = obj.temperature
     s_z = s_logits / T
     s_full = torch.log_softmax(s_z, -1)
@@ -279,7 +281,8 @@ def chunk_loss(obj: Objective, s_logits: torch.Tensor, teacher, labels: torch.Te
             t_log, s_log, valid = t_full, s_full, None
         scale = T * T if obj.t2_scaling else 1.0
         for name in divergences:
-            per_row = per_row + obj.terms[name] * scale * _divergence(name, t_log, s_log, obj.jsd_beta, valid)
+            term = obj.terms[name] * scale * _divergence(name, t_log, s_log, obj.jsd_beta, valid)
+            per_row = per_row + _record(parts, name, term, row_weight)
     if "sampled_kl" in obj.terms:
         if t_full is None:
             raise CtxDistillError("sampled_kl needs live teacher logits; it cannot read a top-k teacher cache.")
@@ -287,12 +290,21 @@ def chunk_loss(obj: Objective, s_logits: torch.Tensor, teacher, labels: torch.Te
         ratio = (s_y - t_full.gather(-1, labels[:, None])[:, 0]).detach()
         # Value: the log-ratio on the sampled token (a one-sample reverse-KL estimate).
         # Gradient: ratio · ∇log p_s(y), the score-function gradient of E_{y~student}[log p_s/p_t].
-        per_row = per_row + obj.terms["sampled_kl"] * (ratio + ratio * (s_y - s_y.detach()))
+        sampled = obj.terms["sampled_kl"] * (ratio + ratio * (s_y - s_y.detach()))
+        per_row = per_row + _record(parts, "sampled_kl", sampled, row_weight)
     if "sft" in obj.terms:  # hard labels at T = 1; at T = 1 the log-softmax above is already the one needed
         nll = -s_full.gather(-1, labels[:, None])[:, 0] if T == 1.0 else \
             F.cross_entropy(s_logits, labels, reduction="none")
-        per_row = per_row + obj.terms["sft"] * nll
+        per_row = per_row + _record(parts, "sft", obj.terms["sft"] * nll, row_weight)
     return (per_row if row_weight is None else per_row * row_weight).sum()
+
+
+def _record(parts: dict | None, name: str, term: torch.Tensor, row_weight: torch.Tensor | None) -> torch.Tensor:
+    """Add a term's weighted sum over the chunk to `parts` (when given); returns the term unchanged."""
+    if parts is not None:
+        done = (term if row_weight is None else term * row_weight).detach().sum()
+        parts[name] = parts[name] + done if name in parts else done
+    return term
 
 
 def _compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
@@ -315,7 +327,7 @@ class _FusedHeadLoss(torch.autograd.Function):
     """Σ_chunks chunk_loss(head(h_chunk)), with d/dh (and d/dW, d/db) computed chunk by chunk in the forward."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, obj, teacher, labels, row_weight, chunk_size):
+    def forward(ctx, h, weight, bias, obj, teacher, labels, row_weight, chunk_size, parts):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         cd = _compute_dtype(h.device, h.dtype)
         out_dtype = torch.float64 if h.dtype == torch.float64 else torch.float32
@@ -336,7 +348,7 @@ class _FusedHeadLoss(torch.autograd.Function):
                 if need_h or need_w or need_b:
                     z.requires_grad_(True)
                     with torch.enable_grad():
-                        part = chunk_loss(obj, z, t_c, y_c, r_c, cd)
+                        part = chunk_loss(obj, z, t_c, y_c, r_c, cd, parts)
                     (g,) = torch.autograd.grad(part, z)
                     if need_h:
                         grad_h[start:end] = (g.to(cd) @ w_c).to(h.dtype)
@@ -345,7 +357,7 @@ class _FusedHeadLoss(torch.autograd.Function):
                     if need_b:
                         grad_b += g.sum(0)
                 else:
-                    part = chunk_loss(obj, z, t_c, y_c, r_c, cd)
+                    part = chunk_loss(obj, z, t_c, y_c, r_c, cd, parts)
                 total += part.detach()
         ctx.save_for_backward(*(g for g in (grad_h, grad_w, grad_b) if g is not None))
         ctx.has = (need_h, need_w, need_b)
@@ -357,12 +369,14 @@ class _FusedHeadLoss(torch.autograd.Function):
         saved = iter(ctx.saved_tensors)
         grads = [(next(saved) * grad_out).to(dtype) if needed else None
                  for needed, dtype in zip(ctx.has, ctx.dtypes)]
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
 def head_loss(student_h: torch.Tensor, student_head: torch.nn.Module, teacher, labels: torch.Tensor | None,
-              obj: Objective, chunk_size: int = 256, row_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Σ over rows of the objective's logit terms. `teacher` is TeacherLogits, TeacherTopK or None (SFT only)."""
+              obj: Objective, chunk_size: int = 256, row_weight: torch.Tensor | None = None,
+              parts: dict | None = None) -> torch.Tensor:
+    """Σ over rows of the objective's logit terms. `teacher` is TeacherLogits, TeacherTopK or None (SFT only).
+    `parts`, if given, gets each term's weighted sum (see chunk_loss)."""
     n = student_h.shape[0]
     if obj.needs_teacher_logits and teacher is None:
         raise CtxDistillError("This objective compares with a teacher, but none was given.")
@@ -391,7 +405,7 @@ def head_loss(student_h: torch.Tensor, student_head: torch.nn.Module, teacher, l
         raise CtxDistillError(f"top_k ({obj.top_k}) is larger than the vocabulary ({student_head.weight.shape[0]}).")
     bias = getattr(student_head, "bias", None)
     return _FusedHeadLoss.apply(student_h, student_head.weight, bias, obj, teacher, labels, row_weight,
-                                int(chunk_size))
+                                int(chunk_size), parts)
 
 
 def hidden_state_term(student_layers: list[torch.Tensor], teacher_layers: list[torch.Tensor]) -> torch.Tensor:

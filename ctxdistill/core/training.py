@@ -4,6 +4,10 @@ A recipe hands over a `loss_module` (an nn.Module whose forward(batch) returns t
 and its token count: the student forward *and* the teacher targets, so everything runs inside the DDP forward) and
 a list of examples with a `collate` function. The data order is a pure function of (seed, step), so resuming is
 exact and every process agrees on which examples make up a step without a sampler.
+
+When the accelerator has trackers (`report_to`, core.tracking), every step's loss, its terms (a loss module with
+`term_names` sums them into `term_sums` as it computes them), learning rate, tokens/s and time are logged at the
+run's global step; without trackers the loop does nothing more.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ctxdistill import CtxDistillError
 from ctxdistill.core.files import atomic_torch_save
+from ctxdistill.core.tracking import RunLog, run_log
 
 
 @dataclass
@@ -149,8 +154,9 @@ def _load_checkpoint(path: Path, fingerprint: str, loss_module, optimizer, sched
     return state["step"], state["loss_history"]
 
 
-def _forward_backward(accelerator, model, batches: list) -> tuple[float, int]:
-    """Accumulate the gradients of one step's micro-batches; (the step's mean loss per row, input tokens here)."""
+def _forward_backward(accelerator, model, batches: list) -> tuple[float, int, int]:
+    """Accumulate the gradients of one step's micro-batches; (the step's mean loss per row, input tokens here, the
+    step's loss rows over all processes)."""
     world = accelerator.num_processes
     local = torch.tensor(float(sum(len(b.labels) for b in batches)), device=accelerator.device)
     step_tokens = max(1, int(accelerator.reduce(local, reduction="sum")))
@@ -163,7 +169,20 @@ def _forward_backward(accelerator, model, batches: list) -> tuple[float, int]:
             accelerator.backward(batch_loss / step_tokens * world)
         loss_sum += batch_loss.detach().float()
         tokens += int(n_input_tokens)
-    return float(accelerator.reduce(loss_sum, reduction="sum")) / step_tokens, tokens
+    return float(accelerator.reduce(loss_sum, reduction="sum")) / step_tokens, tokens, step_tokens
+
+
+def _log_step(accelerator, log: RunLog, step: int, values: dict, loss_module, terms: list[str], tokens: int,
+              rows: int) -> None:
+    """One optimizer step's scalars (only with a tracker): `values`, tokens/s over all processes, and each loss
+    term's share of the step's loss (the terms the loss module recorded as it computed them, summed over
+    processes, per loss row as the loss is)."""
+    sums = (loss_module.term_sums or {}) if terms else {}  # a process may have had no rows for a term
+    local = torch.tensor([float(tokens)] + [float(sums.get(name, 0.0)) for name in terms], device=accelerator.device)
+    total = accelerator.reduce(local, reduction="sum").tolist()
+    values["train/tokens_per_second"] = total[0] / max(values["train/step_seconds"], 1e-9)
+    values.update({f"train/loss_{name}": value / rows for name, value in zip(terms, total[1:])})
+    log.log(values, log.global_step(step))
 
 
 def _check_finite(step_loss: float, step: int, checkpoint_path: Path, bar) -> None:
@@ -196,6 +215,39 @@ def _refit(accelerator, scheduler, step_times: list[float], steps_done: int, dea
     bar.refresh()
 
 
+def _update(accelerator, optimizer, scheduler, params, grad_clip: float) -> None:
+    """The optimizer step after the gradients of a step's micro-batches are in; the schedule moves once per step."""
+    if grad_clip > 0:
+        accelerator.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _past_deadline(accelerator, deadline: float | None) -> bool:
+    """Whether any process is past the deadline: all stop at the same step."""
+    late = torch.tensor(float(deadline is not None and time.time() > deadline), device=accelerator.device)
+    return bool(accelerator.reduce(late, reduction="sum") > 0)
+
+
+def _save_checkpoint(accelerator, path: Path, state: dict, model, optimizer, scheduler) -> None:
+    """`state` plus the trainable weights, optimizer, schedule and RNG, written by the main process atomically."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_torch_save({**state, "trainable": trainable_state(model), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}, path)
+    accelerator.wait_for_everyone()
+
+
+def _open_log(accelerator, loss_module, resumed_at: int | None, total: int):
+    """The run's tracker log (off, doing no work, without a tracker) and the loss terms it records. A resumed run
+    logs on from its checkpoint's step."""
+    log = run_log(accelerator)
+    if resumed_at is not None and resumed_at < total:
+        log.restart_at(resumed_at)
+    return log, list(getattr(loss_module, "term_names", [])) if log.on else []
+
+
 def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate: Callable, s: TrainSettings,
           checkpoint_path: Path, resume: bool = False, fingerprint: str = "") -> TrainResult:
     """Optimize `loss_module` on `examples`, averaging the loss over every loss row of a step.
@@ -217,18 +269,14 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
     if resume and checkpoint_path.exists():
         start_step, history = _load_checkpoint(checkpoint_path, fingerprint, loss_module, optimizer, scheduler)
         accelerator.print(f"Resuming from step {start_step}/{scheduler.lr_lambdas[0].total} ({checkpoint_path}).")
+    log, terms = _open_log(accelerator, loss_module, start_step if resume else None, scheduler.lr_lambdas[0].total)
 
     model, optimizer = accelerator.prepare(loss_module, optimizer)  # the scheduler is ours: one step per update
     unwrapped = accelerator.unwrap_model(model)
 
     def save_checkpoint(step: int):
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            atomic_torch_save({"step": step, "trainable": trainable_state(unwrapped),
-                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                               "rng": torch.get_rng_state(), "loss_history": history,
-                               "fingerprint": fingerprint}, checkpoint_path)
-        accelerator.wait_for_everyone()
+        _save_checkpoint(accelerator, checkpoint_path, {"step": step, "loss_history": history,
+                                                        "fingerprint": fingerprint}, unwrapped, optimizer, scheduler)
 
     world, rank = accelerator.num_processes, accelerator.process_index
     schedule = scheduler.lr_lambdas[0]  # its `total` is the checkpoint's after a resume
@@ -240,15 +288,14 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
     while step < schedule.total:
         ids = step_examples(step, len(examples), s.batch_size, s.seed)
         mine = [ids[j:j + micro] for j in range(0, len(ids), micro)][rank::world]  # this process's micro-batches
-        step_loss, n_input_tokens = _forward_backward(accelerator, model, [collate([examples[i] for i in b])
-                                                                           for b in mine])
+        if terms:
+            loss_module.term_sums = {}
+        lr = optimizer.param_groups[0]["lr"]  # this step's learning rate (the scheduler moves it after the step)
+        step_loss, n_input_tokens, rows = _forward_backward(accelerator, model, [collate([examples[i] for i in b])
+                                                                                 for b in mine])
         tokens_seen += n_input_tokens
         _check_finite(step_loss, step, checkpoint_path, bar)
-        if s.grad_clip > 0:
-            accelerator.clip_grad_norm_(params, s.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        _update(accelerator, optimizer, scheduler, params, s.grad_clip)
         history.append(step_loss)
         step += 1
         step_times.append(time.time() - t_step)
@@ -258,9 +305,11 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
         bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tokens_seen * world / max(time.time() - t0, 1e-9):.0f}",
                         lr=f"{scheduler.get_last_lr()[0]:.2e}")
         bar.update(1)
-        out_of_time = torch.tensor(float(s.deadline is not None and time.time() > s.deadline),
-                                   device=accelerator.device)
-        stopped = bool(accelerator.reduce(out_of_time, reduction="sum") > 0) and step < schedule.total
+        if log.on:
+            _log_step(accelerator, log, step, {"train/loss": step_loss, "train/lr": lr,
+                                               "train/step_seconds": step_times[-1]},
+                      loss_module, terms, n_input_tokens, rows)
+        stopped = _past_deadline(accelerator, s.deadline) and step < schedule.total
         if stopped or (s.checkpoint_every and step % s.checkpoint_every == 0):
             save_checkpoint(step)
         if stopped:
@@ -268,6 +317,9 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
             break
     bar.close()
     steps_done, total = step, schedule.total
+    if terms:
+        loss_module.term_sums = None
+    log.advance(steps_done)  # the run's next train() call logs after these steps
     if not stopped:
         save_checkpoint(steps_done)
     seconds = time.time() - t0
