@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-trl kill-drill configs clean
+.PHONY: install demo test bench bench-trl kill-drill check-export configs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench-trl: $(STAMP)
 
 kill-drill: $(STAMP)   # SIGKILL a real run at 10 random moments, resume, compare with an uninterrupted run
 	$(BIN)/python benchmarks/kill_drill.py
+
+check-export: $(STAMP)   # export a random LoRA on the default model; compare llama.cpp with torch (not in `test`)
+	$(BIN)/pip install --quiet llama-cpp-python==0.3.36   # builds llama.cpp from source: several minutes
+	$(BIN)/python benchmarks/check_export.py
 
 configs: $(STAMP)   # configs/<recipe>.yaml, generated from the config classes
 	$(BIN)/python -m ctxdistill.config configs
