@@ -23,6 +23,7 @@ VARIANTS = {  # name -> --set pairs, on top of the recipe's defaults
     "no-everyday": ["everyday_fraction=0"],
     "no-probes": ["probes_per_statement=0"],
     "only-synthesized": ["everyday_fraction=0", "probes_per_statement=0", "synthesized_fraction=1"],
+    "alpha=0": ["amplify=0"],
     "alpha=0.5": ["amplify=0.5"],
     "alpha=1": ["amplify=1"],
     "alpha=2": ["amplify=2"],

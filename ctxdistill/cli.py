@@ -14,16 +14,19 @@ INPUT_FLAGS = {  # a recipe's `run` keyword -> its `distill` flag and argparse s
                                   "optional \"prompts\", \"eval\"); repeat for several")),
     "examples": ("--examples", dict(help=".jsonl of {\"input\", \"output\"}: few-shot examples as the context")),
     "init_adapter": ("--init-adapter", dict(help="start from this adapter (e.g. to overwrite what it holds)")),
-    "prompts": ("--prompts", dict(help=".jsonl of {\"prompt\"} or .txt, one per line; synthesized if absent")),
-    "eval_qa": ("--eval", dict(help="QA JSON for the before/after report (default: the context's \"eval\")")),
-    "retention": ("--retention", dict(help="QA JSON of general questions (default: a bundled set)")),
-    "docs": ("--docs", dict(help=".jsonl/.json of {\"id\", \"text\", optional \"qa\"}, or a folder of .txt/.md")),
+    "prompts": ("--prompts", dict(help=".jsonl of {\"prompt\"} or .txt, one per line, or a dataset; synthesized if "
+                                       "absent")),
+    "eval_qa": ("--eval", dict(help="QA JSON or a dataset, for the before/after report (default: the context's "
+                                    "\"eval\")")),
+    "retention": ("--retention", dict(help="QA JSON or a dataset of general questions (default: a bundled set)")),
+    "docs": ("--docs", dict(help=".jsonl/.json of {\"id\", \"text\", optional \"qa\"}, a folder of .txt/.md, or a "
+                                 "dataset")),
     "stream": ("--stream", dict(action="store_true", help="documents arrive in order, docs_per_batch at a time, "
                                                           "evaluated after each")),
     "qa": ("--qa", dict(help="more QA, {\"q\", \"a\", optional \"doc\": id} (documents' own \"qa\" are used too)")),
     "per_document": ("--per-document", dict(action="store_true", help="knowledge: one module per document "
                                             "(OUT/modules/...) instead of one for the corpus")),
-    "tasks": ("--tasks", dict(help='experience: .jsonl of {"prompt", "answer"}')),
+    "tasks": ("--tasks", dict(help='experience: .jsonl of {"prompt", "answer"}, or a dataset')),
     "checker": ("--checker", dict(help="experience: exact | contains | number | regex | module:function(prompt, "
                                        "response, answer) -> bool")),
 }
@@ -38,27 +41,66 @@ CONFIG_FLAGS = {  # config keys that have a flag of their own
                                                      "next-token baseline")),
 }
 
+# A dataset input (a parquet/arrow/csv/tsv file, a dataset folder or a cached id; docs/datasets.md) is read through a
+# column mapping: its key -> the inputs (INPUT_FLAGS names) that read that column. The flags are --KEY-column.
+COLUMN_INPUTS = {"prompt": ("prompts", "tasks"), "text": ("docs",), "id": ("docs",),
+                 "question": ("eval_qa", "retention", "qa"), "answer": ("eval_qa", "retention", "qa", "tasks"),
+                 "input": ("examples",), "output": ("examples",)}
+
 
 def _given(value) -> bool:
     return value not in (None, False, [], "")
 
 
-def _cmd_distill(args) -> None:
+def run_distill(recipe_name: str, out, *, inputs: dict, config_file: str | None = None, sets: list[str] = (),
+                flags: dict | None = None, resume: bool = False, columns: dict | None = None):
+    """`distill`'s checks and run, shared by the command and the Python API (`ctxdistill.distill`), so both refuse
+    the same things with the same words. `inputs` is keyed by INPUT_FLAGS names (the recipe's `run` keywords),
+    `flags` by CONFIG_FLAGS names; `sets` are `key=value` strings. Returns the recipe's RunResult (None off the
+    main process). `columns` maps the columns of inputs given as datasets (keys of COLUMN_INPUTS, and "split")."""
     from ctxdistill.config import load_config
     from ctxdistill.recipes import get_recipe, registry
     from ctxdistill.recipes.common import holding_out_dir
 
-    recipe = get_recipe(args.recipe)
+    recipe = get_recipe(recipe_name)
     for name in INPUT_FLAGS:
-        if _given(getattr(args, name)) and name not in recipe.inputs:
+        if _given(inputs.get(name)) and name not in recipe.inputs:
             owners = [r.name for r in registry().values() if name in r.inputs]
             takes = ", ".join(INPUT_FLAGS[k][0] for k in recipe.inputs)
             raise CtxDistillError(f"{INPUT_FLAGS[name][0]} is an input of the {', '.join(owners)} "
                                   f"recipe{'s' if len(owners) > 1 else ''}; the "
                                   f"{recipe.name} recipe takes {takes}.")
-    cfg = load_config(recipe.name, args.config, args.set, **{k: getattr(args, k) for k in CONFIG_FLAGS})
-    with holding_out_dir(args.out):  # the run's lock on --out goes when it ends, however it ends
-        _print_result(recipe.run(cfg, args.out, args.resume, **{k: getattr(args, k) for k in recipe.inputs}))
+    columns = _check_columns(recipe, columns)
+    cfg = load_config(recipe.name, config_file, list(sets), **(flags or {}))
+    with holding_out_dir(out):  # the run's lock on --out goes when it ends, however it ends
+        return recipe.run(cfg, out, resume, **{k: inputs.get(k) for k in recipe.inputs},
+                          **({"columns": columns} if columns else {}))  # recipes without datasets need no keyword
+
+
+def _check_columns(recipe, columns: dict | None) -> dict:
+    """The column mapping, each column refused for a recipe that has no input reading it."""
+    from ctxdistill.data.hf_datasets import ROLES, check_columns
+
+    columns = check_columns(columns)
+    for key in columns.keys() & COLUMN_INPUTS.keys():
+        if not set(COLUMN_INPUTS[key]) & set(recipe.inputs):
+            readers = ", ".join(INPUT_FLAGS[k][0] for k in COLUMN_INPUTS[key])
+            raise CtxDistillError(f"{ROLES[key].flag} names a column of {readers}; the {recipe.name} recipe takes "
+                                  f"{', '.join(INPUT_FLAGS[k][0] for k in recipe.inputs)}.")
+    return columns
+
+
+def _columns(args) -> dict:
+    """The column mapping given by --KEY-column flags and --split."""
+    given = {key: getattr(args, f"{key}_column", None) for key in COLUMN_INPUTS}
+    return {k: v for k, v in {**given, "split": getattr(args, "split", None)}.items() if v}
+
+
+def _cmd_distill(args) -> None:
+    _print_result(run_distill(args.recipe, args.out, inputs={k: getattr(args, k) for k in INPUT_FLAGS},
+                              config_file=args.config, sets=args.set,
+                              flags={k: getattr(args, k) for k in CONFIG_FLAGS}, resume=args.resume,
+                              columns=_columns(args)))
 
 
 def _print_result(result) -> None:
@@ -78,7 +120,7 @@ def _cmd_experience(args) -> None:
     cfg = load_config("experience", args.config, args.set, model=args.model, max_minutes=args.max_minutes)
     with holding_out_dir(args.out):
         _print_result(get_recipe("experience").run(cfg, args.out, args.resume, tasks=args.tasks,
-                                                   checker=args.checker))
+                                                   checker=args.checker, columns=_columns(args)))
 
 
 CURVE_POINT = ("docs_seen", "steps", "knowledge", "questions", "retention", "retention_n", "kl_to_initial")
@@ -150,23 +192,9 @@ def _cmd_compare(args) -> None:
 def _load_with_adapters(model_name: str | None, adapters: list[str]):
     """The base model (from --model, else the adapters' base_model_name_or_path) with every adapter loaded and
     active (several modules: their deltas add up)."""
-    from ctxdistill.core.models import load_model
-    from ctxdistill.recipes.module_library import base_of, load_adapters, read_module
+    from ctxdistill.api import load
 
-    if not adapters:
-        model, tok, _ = load_model(model_name or "default")
-        return model, tok
-    for a in adapters:
-        read_module(a)  # a clear error for a folder that is not an adapter or is damaged, before any model loads
-    base = base_of(adapters, model_name)
-    try:
-        model, tok, _ = load_model(base)
-    except CtxDistillError as e:
-        if model_name:
-            raise
-        raise CtxDistillError(f"{e} (It is the base model named in {adapters[0]}/adapter_config.json; pass --model "
-                              "to load the adapter onto that model from elsewhere.)") from e
-    return load_adapters(model, adapters), tok
+    return load(adapters, model=model_name)
 
 
 def _cmd_eval(args) -> None:
@@ -185,8 +213,8 @@ def _cmd_eval(args) -> None:
     if not args.adapter or not args.qa:
         raise CtxDistillError("eval --context needs --adapter and --qa.")
     context = read_context(args.context)
-    qa = read_qa(args.qa)
-    retention = read_qa(args.retention, "--retention") if args.retention else None
+    qa = read_qa(args.qa, "--qa", _columns(args))
+    retention = read_qa(args.retention, "--retention", _columns(args)) if args.retention else None
     model, tok = _load_with_adapters(args.model, args.adapter)
     result = evaluate(model, tok, Context(context["context"], args.context_kind), qa, retention, args.max_new_tokens)
     table = results_table(result)
@@ -210,11 +238,11 @@ def _eval_knowledge(args) -> None:
 
     if not args.adapter:
         raise CtxDistillError("eval --docs needs at least one --adapter (a module folder).")
-    docs = read_documents(args.docs)
-    items = [(d if d != "*" else None, x) for d, qs in gather_qa(docs, args.qa).items() for x in qs]
+    docs = read_documents(args.docs, _columns(args))
+    items = [(d if d != "*" else None, x) for d, qs in gather_qa(docs, args.qa, _columns(args)).items() for x in qs]
     if not items:
         raise CtxDistillError(f"No questions: the documents in {args.docs} have no \"qa\" list; pass --qa FILE.")
-    retention = read_retention(args.retention)
+    retention = read_retention(args.retention, _columns(args))
     model, tok = _load_with_adapters(args.model, args.adapter)
     chunks = [c for d in docs for c in chunk_document(tok, d.id, d.text, args.chunk_tokens, args.chunk_overlap)]
     qs = knowledge_eval.question_set(items, {d.id: d.text for d in docs}, chunks, args.top_k)
@@ -234,17 +262,26 @@ def _eval_knowledge(args) -> None:
 
 
 def _cmd_chat(args) -> None:
+    """One answer (--prompt), or a conversation: each reply streams as it is generated, and the earlier turns go
+    into the chat template with the new one (/reset clears them; the oldest go when they outgrow the window)."""
+    from ctxdistill.api import chat, trim_history
     from ctxdistill.core.pairs import Context
     from ctxdistill.data.inputs import read_context
-    from ctxdistill.eval.evaluation import answers
 
-    model, tok = _load_with_adapters(args.model, args.adapter)
     context = Context(read_context(args.context)["context"], args.context_kind) if args.context else None
+    model, tok = _load_with_adapters(args.model, args.adapter)
+
+    def say(prompt: str, history: list[dict] | None = None) -> None:
+        for piece in chat((model, tok), prompt, history, stream=True, context=context,
+                          max_new_tokens=args.max_new_tokens):
+            print(piece, end="", flush=True)
+        print()
+
     if args.prompt is not None:
-        print(answers(model, tok, [args.prompt], context, True, args.max_new_tokens)[0])
+        say(args.prompt)
         return
     history: list[dict] = []
-    print("Chat with the model (empty line or Ctrl-D to quit).")
+    print("Chat with the model (/reset clears the conversation; an empty line or Ctrl-D quits).")
     while True:
         try:
             line = input("you> ").strip()
@@ -252,10 +289,19 @@ def _cmd_chat(args) -> None:
             break
         if not line:
             break
-        history.append({"role": "user", "content": line})
-        reply = answers(model, tok, [history], context, True, args.max_new_tokens)[0]
-        history.append({"role": "assistant", "content": reply})
-        print(f"model> {reply}")
+        if line == "/reset":
+            history.clear()
+            print("(conversation cleared)")
+            continue
+        try:
+            notice = trim_history(model, tok, history, line, context=context, max_new_tokens=args.max_new_tokens)
+        except CtxDistillError as e:  # this message cannot be answered; the conversation goes on
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        if notice:
+            print(notice)
+        print("model> ", end="", flush=True)
+        say(line, history)
 
 
 def _cmd_modules_list(args) -> None:
@@ -321,6 +367,18 @@ def _add_run_flags(parser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
 
 
+def _add_column_flags(parser, keys) -> None:
+    """--KEY-column for each column key, and --split: how inputs given as 🤗 datasets are read."""
+    from ctxdistill.data.hf_datasets import ROLES
+
+    for key in keys:
+        parser.add_argument(ROLES[key].flag, dest=f"{key}_column", default=None, metavar="NAME",
+                            help=f"dataset inputs: the column that holds {ROLES[key].what} (default: the first of "
+                                 f"{', '.join(ROLES[key].names[:4])}{', ...' if len(ROLES[key].names) > 4 else ''})")
+    parser.add_argument("--split", default=None, metavar="NAME",
+                        help="dataset inputs with several splits: the split to read (or give SOURCE:SPLIT)")
+
+
 def _add_distill(sub) -> None:
     from ctxdistill.recipes import registry
 
@@ -332,6 +390,7 @@ def _add_distill(sub) -> None:
     d.add_argument("recipe", help=" | ".join(recipes))
     for name, (flag, kwargs) in {**CONFIG_FLAGS, **INPUT_FLAGS}.items():
         d.add_argument(flag, dest=name, **{"default": None, **kwargs})
+    _add_column_flags(d, COLUMN_INPUTS)
     _add_run_flags(d)
     d.set_defaults(func=_cmd_distill)
 
@@ -340,6 +399,7 @@ def _add_distill(sub) -> None:
     x.add_argument("--checker", default="exact", help=INPUT_FLAGS["checker"][1]["help"])
     x.add_argument("--model", default=None)
     x.add_argument("--max-minutes", type=float, default=None, help="budget of the consolidation (onpolicy) run")
+    _add_column_flags(x, ("prompt", "answer"))
     _add_run_flags(x)
     x.set_defaults(func=_cmd_experience)
 
@@ -363,6 +423,7 @@ def _add_eval(sub) -> None:
     e.add_argument("--max-new-tokens", type=_whole_number(1), default=48)
     e.add_argument("--out", default=None,
                    help="write OUT.md (table) and OUT.json (answers); with --docs a folder: report.md/.png, eval.json")
+    _add_column_flags(e, ("text", "id", "question", "answer"))
     e.set_defaults(func=_cmd_eval)
 
     k = sub.add_parser("compare", help="one table and one figure (knowledge vs retention) for several doc runs")
@@ -411,10 +472,41 @@ def _add_modules(sub) -> None:
     cb.set_defaults(func=_cmd_modules_combine)
 
 
+def _cmd_export(args) -> None:
+    from ctxdistill.export import export
+
+    result = export(args.adapter, args.to, args.out, args.outtype, args.model, args.overwrite)
+    print(f"Exported {args.adapter} ({args.to}) to {result.out}")
+    if args.to == "gguf-lora":
+        base = result.origin_gguf or f"a GGUF of {result.base}"
+        print(f"llama.cpp: llama-cli -m {base} --lora {result.out}\nOllama Modelfile: FROM {base} / ADAPTER "
+              f"{result.out}")
+    elif args.to == "gguf":
+        print(f"llama.cpp: llama-cli -m {result.out}\nOllama Modelfile: FROM {result.out}")
+
+
+def _add_export(sub) -> None:
+    from ctxdistill.export import DEFAULT_OUTTYPE, FORMATS, OUTTYPES
+
+    x = sub.add_parser("export", help="an adapter as a GGUF LoRA, a merged GGUF, or a merged transformers folder")
+    x.add_argument("--adapter", required=True,
+                   help="OUT/adapter of a run, a module folder, or OUT/model of a full fine-tune")
+    x.add_argument("--to", required=True, choices=FORMATS,
+                   help="gguf-lora: llama.cpp --lora / Ollama ADAPTER file; gguf: base + adapter as one GGUF "
+                        "model; merged: transformers folder with the adapter merged")
+    x.add_argument("--out", required=True, help="the .gguf file to write (gguf, gguf-lora) or a new folder (merged)")
+    x.add_argument("--outtype", choices=OUTTYPES, default=None,
+                   help="weight type (default: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_OUTTYPE.items()) + ")")
+    x.add_argument("--model", default=None,
+                   help="base model (default: the one the run recorded); for --to gguf a .gguf file or 'default'")
+    x.add_argument("--overwrite", action="store_true", help="replace an --out that an export wrote")
+    x.set_defaults(func=_cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctxdistill", description="Bake a context into a model's weights.")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_distill, _add_eval, _add_chat, _add_modules):
+    for add in (_add_distill, _add_eval, _add_chat, _add_modules, _add_export):
         add(sub)
     return p
 

@@ -150,9 +150,17 @@ def test_config_file_of_each_recipe_is_generated_from_its_class_and_loads_to_its
 
 def test_each_recipe_starts_from_its_own_defaults():
     assert load_config("disc").temperature == 2.0 and load_config("disc").t2_scaling
-    assert load_config("onpolicy").objective == "reverse_kl" and load_config("onpolicy").top_k == 256
+    assert load_config("onpolicy").objective == {"reverse_kl": 1.0, "forward_kl": 1.0}
+    assert load_config("onpolicy").top_k_support == "union" and load_config("onpolicy").top_k == 256
+    assert load_config("experience").objective == "reverse_kl"  # its consolidation keeps the paper's loss
     assert load_config("knowledge").anchor_fraction == 0.5 and load_config("offline").anchor_fraction == 0.0
     assert load_config("finetune").finetune == "full" and load_config("lora-finetune").finetune == "lora"
+
+
+def test_the_opcd_paper_preset_restores_the_papers_reverse_kl_on_the_students_top_k():
+    paper = load_config("onpolicy", str(Path(__file__).resolve().parent.parent / "configs" / "presets" / "opcd-paper.yaml"))
+    assert (paper.objective, paper.top_k_support, paper.batch_size, paper.max_new_tokens) == \
+        ("reverse_kl", "student", 16, 64)
 
 
 # Every recipe refuses a key it does not read, naming a recipe that does.

@@ -32,7 +32,8 @@ def test_onpolicy_trains_on_the_students_own_samples_and_reports_forgetting(tiny
     assert manifest["recipe"] == "onpolicy" and m["train_steps"] == 2
     assert m["student_samples"] == 8 and m["teacher_samples"] == 0  # 2 steps × 4 queries, all the student's own
     cfg = manifest["config"]
-    assert (cfg["objective"], cfg["top_k_support"], cfg["top_k_tail"]) == ("reverse_kl", "student", "renorm")
+    assert (cfg["objective"], cfg["top_k_support"], cfg["top_k_tail"]) == \
+        ({"reverse_kl": 1.0, "forward_kl": 1.0}, "union", "renorm")  # the defaults: reverse + forward KL
     retention = m["evaluation"]["retention"]
     assert retention["kl_to_base"]["base"] == 0.0 and retention["kl_to_base"]["student"] >= 0.0
     report = (tmp_path / "run" / "report.md").read_text()
@@ -105,7 +106,8 @@ def test_a_bigger_teacher_with_the_same_tokenizer_teaches_a_smaller_student(tiny
     """The loss the student trains on scores its samples with the bigger model reading the context: it equals
     KL(student ‖ bigger model) computed from that model's own forward, and not the one against the base."""
     cfg, models, queries, setup, collate = steps(tiny_model_dir, persona_files, tmp_path / "run",
-                                                 teacher=str(bigger_teacher_dir), top_k=0, amplify=0)
+                                                 teacher=str(bigger_teacher_dir), top_k=0, amplify=0,
+                                                 objective="reverse_kl")
     bigger, base = plain_model(bigger_teacher_dir), plain_model(tiny_model_dir)
     assert bigger.config.hidden_size > base.config.hidden_size
     batch = collate(queries.texts[:2])

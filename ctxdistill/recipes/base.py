@@ -21,7 +21,8 @@ class RunResult:
 @dataclass(frozen=True)
 class Recipe:
     """A method: its name, its config class, the inputs it takes (the `distill` flags that apply to it, as `run`'s
-    keyword names) and `run(cfg, out, resume=False, **inputs) -> RunResult`."""
+    keyword names) and `run(cfg, out, resume=False, **inputs) -> RunResult`. A recipe whose inputs may be 🤗 datasets
+    also takes `columns` (their column mapping and split; see data/hf_datasets.py), passed only when one is given."""
 
     name: str
     summary: str

@@ -59,8 +59,10 @@ def method(name: str, cfg: FinetuneConfig) -> DocMethod:
 
 
 def run(name: str, cfg: FinetuneConfig, out: str, resume: bool = False, *, docs: str | None = None,
-        qa: str | None = None, retention: str | None = None, stream: bool = False) -> RunResult | None:
-    return run_stream(cfg, method(name, cfg), out, resume, docs=docs, qa=qa, retention=retention, stream=stream)
+        qa: str | None = None, retention: str | None = None, stream: bool = False,
+        columns: dict | None = None) -> RunResult | None:
+    return run_stream(cfg, method(name, cfg), out, resume, docs=docs, qa=qa, retention=retention, stream=stream,
+                      columns=columns)
 
 
 RECIPES = [Recipe(name, b.summary, b.config, DOC_INPUTS, partial(run, name)) for name, b in BASELINES.items()]

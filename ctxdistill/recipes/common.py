@@ -18,6 +18,7 @@ import torch
 from accelerate import Accelerator
 
 from ctxdistill import CtxDistillError
+from ctxdistill.core import tracking
 from ctxdistill.core.files import atomic_write_json, read_jsonl, write_jsonl
 from ctxdistill.core.models import add_lora, bf16_supported, default_device, enable_gradient_checkpointing, load_model
 from ctxdistill.core.training import TrainSettings
@@ -33,8 +34,9 @@ def _placed_on(accelerator: Accelerator, device: torch.device) -> bool:
     return index == device.index and accelerator.num_processes == 1
 
 
-def make_accelerator(cfg) -> Accelerator:
-    """bf16 autocast where the hardware has it (dtype=auto), on the configured or the best device.
+def make_accelerator(cfg, out: Path | None = None) -> Accelerator:
+    """bf16 autocast where the hardware has it (dtype=auto), on the configured or the best device; with `out`, the
+    trackers of `report_to` (OUT/logs), started by start_tracking.
 
     Accelerate only takes cpu=True/False, and the manifest records `device`: a device named in the config must be the
     one the run really gets, so a CUDA index becomes the current device first and the placement is checked."""
@@ -42,7 +44,10 @@ def make_accelerator(cfg) -> Accelerator:
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # one process runs on the current CUDA device
     mixed = "bf16" if cfg.dtype in ("auto", "bf16", "bfloat16") and bf16_supported(device) else "no"
-    accelerator = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
+    trackers = tracking.make_trackers(cfg.report_to, Path(out) / tracking.LOGS, run_name(cfg, out)) \
+        if out is not None else []
+    accelerator = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu", log_with=trackers or None,
+                              project_dir=str(Path(out) / tracking.LOGS) if trackers else None)
     if cfg.device and not _placed_on(accelerator, device):
         several = (" (it runs {} processes, one GPU each: name no index, device=cuda)"
                    .format(accelerator.num_processes) if accelerator.num_processes > 1 else "")
@@ -56,11 +61,25 @@ def open_run(cfg, out: Path, resume: bool):
     """(accelerator, model, tokenizer, resolved model path) of a training run whose output folder is checked first.
 
     Full fine-tuning keeps fp32 master weights (bf16 comes from autocast); LoRA freezes the base, so bf16 is sound."""
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, out)
     prepare_out_dir(accelerator, out, resume)
     dtype = "float32" if cfg.finetune == "full" and accelerator.mixed_precision == "bf16" else cfg.dtype
     model, tokenizer, path = load_model(cfg.model, dtype, accelerator.device)
+    start_tracking(accelerator, cfg, out)
     return accelerator, model, tokenizer, path
+
+
+def run_name(cfg, out) -> str:
+    """The run's name for the trackers: `run_name`, else the name of its --out folder."""
+    return cfg.run_name or Path(out).resolve().name
+
+
+def start_tracking(accelerator: Accelerator, cfg, out) -> None:
+    """Start the trackers of `report_to` (none: nothing) with the run's config; tracking.end_trackers closes them."""
+    from ctxdistill.config import CONFIGS
+
+    recipe = next((name for name, cls in CONFIGS.items() if type(cfg) is cls), type(cfg).__name__)
+    tracking.start_trackers(accelerator, run_name(cfg, out), {"recipe": recipe, **cfg.to_dict()})
 
 
 def prepare_out_dir(accelerator: Accelerator, out: Path, resume: bool) -> None:
@@ -227,8 +246,9 @@ def check_out_contents(out: Path, resume: bool) -> None:
         what = "a finished run (manifest.json)"
     elif checkpoints(out):
         what = f"an unfinished run (last checkpoint: {checkpoints(out)[-1].relative_to(out)})"
-    elif "data" in found:
-        what = "a run that stopped before its first checkpoint (it kept data/)"
+    elif "data" in found or tracking.LOGS in found:
+        kept = " and ".join(f"{name}/" for name in ("data", tracking.LOGS) if name in found)
+        what = f"a run that stopped before its first checkpoint (it kept {kept})"
     else:
         raise CtxDistillError(f"--out {out} is not empty ({', '.join(found[:5])}) and holds no ctxdistill run. "
                               "Choose a new or empty folder for --out (nothing was overwritten).")
@@ -265,10 +285,11 @@ def train_settings(cfg, deadline: float | None = None, **overrides) -> TrainSett
 
 
 def training_fingerprint_config(cfg) -> dict:
-    """The settings a checkpoint must agree on: those that shape training, leaving out the budget and the keys at
-    their defaults (so a key added by a later version does not orphan existing checkpoints)."""
+    """The settings a checkpoint must agree on: those that shape training, leaving out the budget, the tracking and
+    the keys at their defaults (so a key added by a later version does not orphan existing checkpoints)."""
     defaults = type(cfg)().to_dict()
-    return {k: v for k, v in cfg.to_dict().items() if k not in ("max_minutes", "checkpoint_every") and v != defaults[k]}
+    return {k: v for k, v in cfg.to_dict().items()
+            if k not in ("max_minutes", "checkpoint_every", "report_to", "run_name") and v != defaults[k]}
 
 
 DEFAULT_WINDOW = 2048  # for a model config that does not say its context length
@@ -332,3 +353,17 @@ def check_data_inputs(out: Path, inputs: dict) -> None:
     if changed:
         raise CtxDistillError(f"{out} holds data made from other inputs: {', '.join(changed)} changed since (see "
                               f"{path}). Resume with the same inputs, or choose a new --out (nothing was reused).")
+
+
+def plan_context_queries(cfg, model, tokenizer, text: str, name: str, seed: int):
+    """The gated query plan for a context without prompts (data/queries.py), from the recipe's query keys; refuses
+    a context for which nothing passed the gate rather than training on nothing."""
+    from ctxdistill.data.queries import plan_queries
+
+    plan = plan_queries(model, tokenizer, text, cfg.num_queries, everyday_fraction=cfg.everyday_fraction,
+                        synthesized_fraction=cfg.synthesized_fraction, probes_per_statement=cfg.probes_per_statement,
+                        temperature=cfg.query_temperature, batch_size=cfg.gen_batch_size, seed=seed)
+    if not plan.queries:
+        raise CtxDistillError(f"No query for {name} passed the quality gate ({plan.gate['rejected']}). Pass --prompts, "
+                              "or put a 'prompts' list in the context file.")
+    return plan

@@ -33,8 +33,9 @@ def method(cfg: DiscConfig) -> DocMethod:
 
 
 def run(cfg: DiscConfig, out: str, resume: bool = False, *, docs: str | None = None, qa: str | None = None,
-        retention: str | None = None, stream: bool = False) -> RunResult | None:
-    return run_stream(cfg, method(cfg), out, resume, docs=docs, qa=qa, retention=retention, stream=stream)
+        retention: str | None = None, stream: bool = False, columns: dict | None = None) -> RunResult | None:
+    return run_stream(cfg, method(cfg), out, resume, docs=docs, qa=qa, retention=retention, stream=stream,
+                      columns=columns)
 
 
 RECIPES = [Recipe("disc", "DiSC: learn documents by distilling split contexts, no generation", DiscConfig,

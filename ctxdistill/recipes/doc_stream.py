@@ -24,6 +24,7 @@ from ctxdistill.core.losses import DistillLoss, collate_pairs
 from ctxdistill.core.objectives import Objective
 from ctxdistill.core.pairs import Context, Pair
 from ctxdistill.core.teacher import Teacher
+from ctxdistill.core.tracking import end_trackers, log_evaluation
 from ctxdistill.core.training import TrainResult, total_steps_for, train
 from ctxdistill.data.documents import Document, gather_qa, read_documents
 from ctxdistill.data.inputs import read_retention
@@ -104,10 +105,12 @@ class StreamRun:
 
 
 def run_stream(cfg: DocConfig, method: DocMethod, out: str, resume: bool = False, *, docs: str | None = None,
-               qa: str | None = None, retention: str | None = None, stream: bool = False) -> RunResult | None:
-    """The method learns the documents batch by batch, evaluated after each; the result on the main process."""
+               qa: str | None = None, retention: str | None = None, stream: bool = False,
+               columns: dict | None = None) -> RunResult | None:
+    """The method learns the documents batch by batch, evaluated after each; the result on the main process.
+    `columns`: the dataset columns of inputs given as datasets, and their split (see data/hf_datasets.py)."""
     t_start = time.time()
-    inputs = read_inputs(method.name, docs, qa, retention, stream)
+    inputs = read_inputs(method.name, docs, qa, retention, stream, columns)
     run = set_up(cfg, method, Path(out), resume, inputs, t_start)
     if run.accelerator.is_main_process:  # before OUT/curve.jsonl is reused: its points were measured on these
         check_data_inputs(run.out, {
@@ -124,11 +127,13 @@ def run_stream(cfg: DocConfig, method: DocMethod, out: str, resume: bool = False
     return write_artifacts(run)
 
 
-def read_inputs(name: str, docs: str | None, qa: str | None, retention: str | None, stream: bool) -> StreamInputs:
+def read_inputs(name: str, docs: str | None, qa: str | None, retention: str | None, stream: bool,
+                columns=None) -> StreamInputs:
     if not docs:
         raise CtxDistillError(f"The {name} recipe learns from documents: pass --docs FILE_OR_FOLDER.")
-    documents = read_documents(docs)
-    return StreamInputs(documents, gather_qa(documents, qa), read_retention(retention), bool(stream))
+    documents = read_documents(docs, columns)
+    return StreamInputs(documents, gather_qa(documents, qa, columns), read_retention(retention, columns),
+                        bool(stream))
 
 
 def set_up(cfg: DocConfig, method: DocMethod, out: Path, resume: bool, inputs: StreamInputs,
@@ -203,6 +208,7 @@ def start_curve(run: StreamRun) -> None:
                       "knowledge": 0, "questions": 0, "knowledge_answers": {},
                       "retention": score(initial, retention), "retention_n": len(retention),
                       "kl_to_initial": 0.0, "retention_answers": initial}]
+        log_point(run, run.curve[0])
 
 
 def learn_batch(run: StreamRun, n: int) -> None:
@@ -223,6 +229,7 @@ def learn_batch(run: StreamRun, n: int) -> None:
         seen = {d.id for b in run.batches[:n + 1] for d in b}
         run.curve.append(evaluate_point(run, seen))
         write_jsonl(run.out / CURVE, run.curve)
+        log_point(run, run.curve[-1])
     run.accelerator.wait_for_everyone()
 
 
@@ -245,6 +252,14 @@ def evaluate_point(run: StreamRun, seen: set[str]) -> dict:
             "knowledge_answers": dict(zip(questions, got)),
             "retention": kept["accuracy"], "retention_n": kept["n"],
             "kl_to_initial": round(kept["kl_to_initial"], 5), "retention_answers": kept["answers"]}
+
+
+def log_point(run: StreamRun, point: dict) -> None:
+    """A point of the curve to the trackers (report_to), at the steps trained so far: the trained model's rows."""
+    log_evaluation(run.accelerator, {
+        "n": point["questions"], "accuracy": {"student": point["knowledge"]},
+        "retention": {"n": point["retention_n"], "accuracy": {"student": point["retention"]},
+                      "kl_to_base": {"student": point["kl_to_initial"]}}})
 
 
 def stream_metrics(run: StreamRun) -> dict:
@@ -281,6 +296,7 @@ def write_artifacts(run: StreamRun) -> RunResult | None:
         result = RunResult(run.out, [trained.name, "manifest.json", CURVE, "report.md"], metrics,
                            curve_table({run.method.name: metrics}))
     run.accelerator.wait_for_everyone()
+    end_trackers(run.accelerator)
     return result
 
 

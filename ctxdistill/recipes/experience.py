@@ -24,11 +24,13 @@ from ctxdistill.core.files import atomic_write_json, atomic_write_text, read_jso
 from ctxdistill.core.generation import generate
 from ctxdistill.core.models import load_adapter, load_model
 from ctxdistill.core.pairs import Context, render_prompt
+from ctxdistill.core.tracking import end_trackers, log_evaluation
+from ctxdistill.data import hf_datasets
 from ctxdistill.eval.checkers import load_checker, validate_checker
 from ctxdistill.eval.evaluation import answers
 from ctxdistill.recipes import onpolicy
 from ctxdistill.recipes.base import Recipe, RunResult
-from ctxdistill.recipes.common import make_accelerator, prepare_out_dir
+from ctxdistill.recipes.common import make_accelerator, prepare_out_dir, start_tracking
 
 NOTES_PROMPT = (
     "You solved some tasks. Here are your attempts and whether each was right:\n\n{traces}\n\n"
@@ -38,11 +40,19 @@ NOTES_PROMPT = (
 ARTIFACTS = ["notes.json", "traces.jsonl", "consolidated", "report.md"]
 
 
-def read_tasks(path) -> list[dict]:
+def read_tasks(path, columns=None) -> list[dict]:
+    """A .jsonl of {"prompt", "answer"}; or a dataset, or .jsonl rows in another shape, mapped by `columns`
+    ({"prompt": ..., "answer": ..., "split": ...}; see hf_datasets)."""
     p = Path(path)
-    if not p.is_file():
+    if hf_datasets.is_dataset(path):
+        rows = hf_datasets.tasks_of(hf_datasets.load_table(path, "--tasks", columns), columns)
+    elif not p.is_file():
         raise CtxDistillError(f"Tasks file not found: {p}. Pass a .jsonl of {{\"prompt\", \"answer\"}} to --tasks.")
-    rows = read_jsonl(p, "--tasks")
+    else:
+        rows = read_jsonl(p, "--tasks")
+    if hf_datasets.foreign_rows(rows, ("prompt",)):
+        table = hf_datasets.rows_table(rows, p, "--tasks", '{"prompt": ..., "answer": ...} per line')
+        rows = hf_datasets.tasks_of(table, columns)
     bad = [n for n, r in enumerate(rows, 1) if not (isinstance(r, dict) and isinstance(r.get("prompt"), str)
                                                      and isinstance(r.get("answer"), (str, int, float)))]
     if bad:
@@ -93,10 +103,11 @@ class Experience:
         return sum(self.check(t["prompt"], g, t["answer"]) for t, g in zip(items, got)), got
 
 
-def open_experience(cfg: ExperienceConfig, out: Path, resume: bool, tasks: str | None, checker: str) -> Experience:
+def open_experience(cfg: ExperienceConfig, out: Path, resume: bool, tasks: str | None, checker: str,
+                    columns=None) -> Experience:
     if not tasks:
         raise CtxDistillError('experience learns from tasks: pass --tasks FILE (a .jsonl of {"prompt", "answer"}).')
-    rows = read_tasks(tasks)
+    rows = read_tasks(tasks, columns)
     check = load_checker(checker)
     validate_checker(checker, check, rows, tasks)
     accelerator = make_accelerator(cfg)
@@ -189,15 +200,29 @@ def write_outputs(x: Experience, traces: list[dict], n_candidates: int, best: di
 
 
 def run(cfg: ExperienceConfig, out: str, resume: bool = False, *, tasks: str | None = None,
-        checker: str | None = "exact") -> RunResult:
+        checker: str | None = "exact", columns=None) -> RunResult:
     t_start = time.time()
-    x = open_experience(cfg, Path(out), resume, tasks, checker or "exact")
+    x = open_experience(cfg, Path(out), resume, tasks, checker or "exact", columns)
     traces = collect_traces(x)
     candidates = write_candidates(x, traces)
     best = keep_best(x, candidates)
     scores = {"without_notes": x.solve(x.test), "notes_in_context": x.solve(x.test, best["notes"])}
     consolidation, scores["consolidated"] = consolidate(x, resume)
-    return write_outputs(x, traces, len(candidates), best, scores, consolidation, t_start)
+    done = write_outputs(x, traces, len(candidates), best, scores, consolidation, t_start)
+    log_test_accuracy(cfg, x.out, done.metrics)
+    return done
+
+
+def log_test_accuracy(cfg: ExperienceConfig, out: Path, result: dict) -> None:
+    """The three test rows to the trackers of report_to (OUT/logs), at the consolidation's last step. Started only
+    now: the consolidation run (OUT/consolidated) has closed its own trackers, so two W&B runs never overlap."""
+    if cfg.report_to == "none":
+        return
+    accelerator = make_accelerator(cfg, out)
+    start_tracking(accelerator, cfg, out)
+    log_evaluation(accelerator, {"n": result["splits"]["test"], "accuracy": result["test_accuracy"]},
+                   step=result["consolidation"]["train_steps"] or 0)
+    end_trackers(accelerator)
 
 
 RECIPES = [Recipe("experience", "solve tasks, write notes from the model's own traces, keep the best set and "

@@ -34,6 +34,7 @@ from ctxdistill.core.models import cache_dir, load_adapter
 from ctxdistill.core.objectives import Objective
 from ctxdistill.core.pairs import Context, Pair, assistant_header, build_pair, render_prompt
 from ctxdistill.core.teacher import Teacher
+from ctxdistill.core.tracking import end_trackers, log_evaluation, run_log
 from ctxdistill.core.training import TrainResult, train
 from ctxdistill.data.anchors import make_anchors, with_anchors
 from ctxdistill.data.chunks import Chunk, chunk_document
@@ -210,9 +211,10 @@ class KnowledgeRun:
 
 
 def run(cfg: KnowledgeConfig, out: str, resume: bool = False, *, docs: str | None = None, qa: str | None = None,
-        retention: str | None = None, per_document: bool = False) -> RunResult | None:
+        retention: str | None = None, per_document: bool = False, columns: dict | None = None) -> RunResult | None:
+    """`columns`: the dataset columns of inputs given as datasets, and their split (see data/hf_datasets.py)."""
     t_start = time.time()
-    state = set_up(cfg, Path(out), resume, read_inputs(docs, qa, retention), per_document, t_start)
+    state = set_up(cfg, Path(out), resume, read_inputs(docs, qa, retention, columns), per_document, t_start)
     if state.accelerator.is_main_process:  # before OUT/data (anchors) and finished modules are reused
         check_data_inputs(state.out, {
             "documents": [{"id": d.id, "sha256": sha256_text(d.text)} for d in state.inputs.docs],
@@ -228,12 +230,12 @@ def run(cfg: KnowledgeConfig, out: str, resume: bool = False, *, docs: str | Non
     return write_artifacts(state)
 
 
-def read_inputs(docs: str | None, qa: str | None, retention: str | None) -> Inputs:
+def read_inputs(docs: str | None, qa: str | None, retention: str | None, columns=None) -> Inputs:
     """Read before the model is loaded, so a bad file fails at once."""
     if not docs:
         raise CtxDistillError("The knowledge recipe learns from documents: pass --docs FILE_OR_FOLDER.")
-    documents = read_documents(docs)
-    return Inputs(documents, gather_qa(documents, qa), read_retention(retention))
+    documents = read_documents(docs, columns)
+    return Inputs(documents, gather_qa(documents, qa, columns), read_retention(retention, columns))
 
 
 def set_up(cfg: KnowledgeConfig, out: Path, resume: bool, inputs: Inputs, per_document: bool,
@@ -329,8 +331,10 @@ def prepare_pairs(state: KnowledgeRun, module: Module) -> None:
 def train_module(state: KnowledgeRun, module: Module, n: int, total: int) -> tuple[Any, TrainResult | None]:
     """(the student, its training result); None for a module finished before a resume, which is loaded instead."""
     cfg, accelerator, manifest = state.cfg, state.accelerator, module.target / "module.json"
-    if manifest.is_file() and json.loads(manifest.read_text()).get("fingerprint") == module.fingerprint:
+    finished = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    if finished.get("fingerprint") == module.fingerprint:
         accelerator.print(f"Module {module.name}: already trained, loaded from {module.target}.")
+        run_log(accelerator).advance(finished.get("metrics", {}).get("train_steps", 0))  # the next module logs after
         return load_adapter(state.model, str(module.target)), None
     student = make_student(state.model, cfg)
     teacher = Teacher(student) if state.objective.needs_teacher else None
@@ -400,6 +404,7 @@ def write_artifacts(state: KnowledgeRun) -> RunResult | None:
     """manifest.json and report.md by the main process; the other processes get None."""
     result = write_report(state) if state.accelerator.is_main_process else None
     state.accelerator.wait_for_everyone()
+    end_trackers(state.accelerator)
     return result
 
 
@@ -409,6 +414,7 @@ def write_report(state: KnowledgeRun) -> RunResult:
     if state.qs:
         answers = {**state.reference, **{k: [a or "" for a in v] for k, v in state.module_answers.items()}}
         result = knowledge_result(state.qs, answers, retention_rows(state.probe, state.measured))
+        log_evaluation(state.accelerator, result)
     elapsed = time.time() - state.t_start
     metrics = {"generation_seconds": round(state.generation_seconds, 1),
                "train_seconds": round(state.train_seconds, 1), "eval_seconds": round(state.eval_seconds, 1),

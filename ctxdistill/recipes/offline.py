@@ -29,11 +29,12 @@ from ctxdistill.core.losses import DistillLoss, collate_pairs, context_evidence
 from ctxdistill.core.models import enable_gradient_checkpointing, load_adapter
 from ctxdistill.core.pairs import Context, Pair, assistant_header, build_pair, render_prompt
 from ctxdistill.core.teacher import CONTEXT_CACHE_TOKENS, Teacher, load_teacher_model
+from ctxdistill.core.tracking import end_trackers, log_evaluation
 from ctxdistill.core.topk_cache import TopKCache, build_topk_cache
 from ctxdistill.core.training import total_steps_for, train
 from ctxdistill.data.anchors import make_anchors, with_anchors
 from ctxdistill.data.inputs import read_context, read_prompts, read_qa, read_qa_items, read_retention
-from ctxdistill.data.queries import OTHER_ORIGINS, plan_queries, query_origins
+from ctxdistill.data.queries import OTHER_ORIGINS, query_origins
 from ctxdistill.data.sources import Source, context_source, examples_source
 from ctxdistill.eval.evaluation import evaluate, results_table
 from ctxdistill.eval.reports import planned_note, query_report, write_report
@@ -41,8 +42,8 @@ from ctxdistill.recipes.artifacts import save_trained, sha256_text, write_manife
 from ctxdistill.recipes.base import Recipe, RunResult
 from ctxdistill.recipes.common import (GENERATION_SHARE, budget_deadline, check_data_inputs, fingerprint,
                                        generation_deadline, main_process_writes,
-                                       make_student, model_window, open_run, share_budget, train_settings,
-                                       training_fingerprint_config)
+                                       make_student, model_window, open_run, plan_context_queries, share_budget,
+                                       train_settings, training_fingerprint_config)
 
 DATA_KEYS = ("model", "teacher", "context_kind", "mode", "num_examples", "example_sets", "scratchpad",
              "answer_delimiter", "scratchpad_instruction", "num_queries", "everyday_fraction", "synthesized_fraction",
@@ -146,14 +147,14 @@ class OfflineRun:
         return self.student.disable_adapter() if self.init_adapter and self.other is None else nullcontext()
 
 
-def read_inputs(cfg: OfflineConfig, context, prompts, examples, retention) -> OfflineInputs:
+def read_inputs(cfg: OfflineConfig, context, prompts, examples, retention, columns=None) -> OfflineInputs:
     context_files = [context] if isinstance(context, (str, Path)) else list(context or [])
     contexts = {f: read_context(f) for f in context_files}
-    example_source = examples_source(examples, cfg.num_examples, cfg.context_kind) if examples else None
+    example_source = examples_source(examples, cfg.num_examples, cfg.context_kind, columns) if examples else None
     if not contexts and example_source is None:
         raise CtxDistillError("Nothing to distill: give --context FILE (one or more) and/or --examples FILE.")
-    return OfflineInputs(contexts, example_source, examples, read_prompts(prompts) if prompts else None,
-                         read_retention(retention))
+    return OfflineInputs(contexts, example_source, examples, read_prompts(prompts, columns) if prompts else None,
+                         read_retention(retention, columns))
 
 
 def set_up(cfg: OfflineConfig, inputs: OfflineInputs, out: Path, resume: bool, init_adapter: str | None):
@@ -195,15 +196,8 @@ def make_queries(run: OfflineRun, given: list[str] | None) -> list[dict]:
         if prompts:
             rows += [{"source": i, "prompt": q, "origin": "prompts"} for q in prompts]
             continue
-        plan = plan_queries(run.sampler, run.tokenizer, source.text, run.cfg.num_queries,
-                            everyday_fraction=run.cfg.everyday_fraction,
-                            synthesized_fraction=run.cfg.synthesized_fraction,
-                            probes_per_statement=run.cfg.probes_per_statement,
-                            temperature=run.cfg.query_temperature, batch_size=run.cfg.gen_batch_size,
-                            seed=run.cfg.seed + i)
-        if not plan.queries:
-            raise CtxDistillError(f"No query for {source.name} passed the quality gate ({plan.gate['rejected']}). "
-                                  "Pass --prompts, or put a 'prompts' list in the context file.")
+        plan = plan_context_queries(run.cfg, run.sampler, run.tokenizer, source.text, source.name,
+                                    run.cfg.seed + i)
         rows += [{"source": i, **q} for q in plan.queries]
         gates.append({"source": source.name, **plan.gate, "raw": plan.raw})
     if gates:
@@ -376,10 +370,11 @@ def train_stages(run: OfflineRun, pairs: list[Pair], samples: list[dict], source
 
 def run(cfg: OfflineConfig, out: str, resume: bool = False, *, context=(), prompts: str | None = None,
         examples: str | None = None, init_adapter: str | None = None, eval_qa: str | None = None,
-        retention: str | None = None) -> RunResult | None:
-    inputs = read_inputs(cfg, context, prompts, examples, retention)
+        retention: str | None = None, columns: dict | None = None) -> RunResult | None:
+    """`columns`: the dataset columns of inputs given as datasets, and their split (see data/hf_datasets.py)."""
+    inputs = read_inputs(cfg, context, prompts, examples, retention, columns)
     r = set_up(cfg, inputs, Path(out), resume, init_adapter)
-    qa, qa_contexts = gather_eval(r.sources, eval_qa)
+    qa, qa_contexts = gather_eval(r.sources, eval_qa, columns)
     data = r.out / "data"
     if r.accelerator.is_main_process:
         check_data_inputs(r.out, {"context_sha256": [sha256_text(s.text) for s in r.sources],
@@ -410,6 +405,7 @@ def run(cfg: OfflineConfig, out: str, resume: bool = False, *, context=(), promp
     result = write_artifacts(r, results, counts, qa, qa_contexts, inputs.retention, generation_seconds) \
         if r.accelerator.is_main_process else None
     r.accelerator.wait_for_everyone()
+    end_trackers(r.accelerator)
     return result
 
 
@@ -422,6 +418,7 @@ def write_artifacts(r: OfflineRun, results: list, counts: dict, qa, qa_contexts,
     t_eval = time.time()
     evaluation = evaluate(r.student, r.tokenizer, qa_contexts, qa, retention, cfg.eval_max_new_tokens,
                           teacher_model=r.other, initial_model=r.initial) if qa and cfg.finetune == "lora" else None
+    log_evaluation(r.accelerator, evaluation)
     metrics = {**stage_metrics(results), "generation_seconds": round(generation_seconds, 1),
                "eval_seconds": round(time.time() - t_eval, 1), "total_seconds": round(time.time() - r.t_start, 1)}
     if evaluation:
@@ -467,11 +464,11 @@ def report_lines(r: OfflineRun, counts: dict, metrics: dict, n_stages: int) -> l
             f"total {metrics['total_seconds']:.0f}s"]
 
 
-def gather_eval(sources, eval_file: str | None):
+def gather_eval(sources, eval_file: str | None, columns=None):
     """Eval questions with the context the teacher row is shown: each source's own 'eval' list with its context;
     questions from --eval with every context joined (or the single one)."""
     if eval_file:
-        qa = read_qa(eval_file, "--eval")
+        qa = read_qa(eval_file, "--eval", columns)
         joined = Context("\n\n".join(s.eval_context().text for s in sources), sources[0].kind) \
             if len(sources) > 1 else sources[0].eval_context()
         return qa, [joined] * len(qa)

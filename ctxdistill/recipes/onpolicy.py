@@ -27,16 +27,17 @@ from ctxdistill.core.losses import DistillLoss, PairBatch, collate_pairs
 from ctxdistill.core.objectives import Objective
 from ctxdistill.core.pairs import Context, assistant_header, build_pair, render_prompt
 from ctxdistill.core.teacher import Teacher, load_teacher_model
+from ctxdistill.core.tracking import end_trackers, log_evaluation
 from ctxdistill.core.training import TrainResult, train
 from ctxdistill.data.inputs import read_context, read_prompts, read_qa, read_qa_items, read_retention
-from ctxdistill.data.queries import OTHER_ORIGINS, plan_queries, query_origins
+from ctxdistill.data.queries import OTHER_ORIGINS, query_origins
 from ctxdistill.eval.evaluation import evaluate, results_table
 from ctxdistill.eval.reports import planned_note, query_report, write_report
 from ctxdistill.recipes.artifacts import save_trained, sha256_text, write_manifest
 from ctxdistill.recipes.base import Recipe, RunResult
 from ctxdistill.recipes.common import (budget_deadline, check_data_inputs, fingerprint, main_process_writes,
-                                       make_student, model_window, open_run, train_settings,
-                                       training_fingerprint_config)
+                                       make_student, model_window, open_run, plan_context_queries,
+                                       train_settings, training_fingerprint_config)
 
 ARTIFACTS = ["adapter", "manifest.json", "report.md"]
 QUERY_KEYS = ("model", "teacher", "num_queries", "everyday_fraction", "synthesized_fraction", "probes_per_statement",
@@ -95,13 +96,13 @@ class SampleStats:
 
 
 def read_inputs(cfg: OnpolicyConfig, context: list[str] | None, prompts: str | None, eval_qa: str | None,
-                retention: str | None) -> Inputs:
+                retention: str | None, columns=None) -> Inputs:
     if len(context or []) != 1:
         raise CtxDistillError("The onpolicy recipe takes exactly one --context FILE.")
     data = read_context(context[0])
-    given = read_prompts(prompts) if prompts else None
-    kept = read_retention(retention)
-    qa = read_qa(eval_qa, "--eval") if eval_qa else \
+    given = read_prompts(prompts, columns) if prompts else None
+    kept = read_retention(retention, columns)
+    qa = read_qa(eval_qa, "--eval", columns) if eval_qa else \
         (read_qa_items(data["eval"], f"{context[0]}: 'eval'") if data.get("eval") else None)
     return Inputs(Context(data["context"], cfg.context_kind), given or data.get("prompts") or data.get("train_prompts"),
                   qa, kept)
@@ -120,14 +121,8 @@ def make_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models, out: Path)
     def synthesize():
         if inputs.prompts:
             return [{"prompt": q, "origin": "prompts"} for q in inputs.prompts]
-        plan = plan_queries(models.other if models.other is not None else models.model, models.tokenizer,
-                            inputs.context.text, cfg.num_queries, everyday_fraction=cfg.everyday_fraction,
-                            synthesized_fraction=cfg.synthesized_fraction,
-                            probes_per_statement=cfg.probes_per_statement, temperature=cfg.query_temperature,
-                            batch_size=cfg.gen_batch_size, seed=cfg.seed)
-        if not plan.queries:
-            raise CtxDistillError(f"No query passed the quality gate ({plan.gate['rejected']}). Pass --prompts, or "
-                                  "put a 'prompts' list in the context file.")
+        model = models.other if models.other is not None else models.model
+        plan = plan_context_queries(cfg, model, models.tokenizer, inputs.context.text, "the context", cfg.seed)
         atomic_write_json(out / "data" / "query_gate.json", [{"source": "context", **plan.gate, "raw": plan.raw}])
         return plan.queries
 
@@ -261,6 +256,7 @@ def write_artifacts(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries
     evaluation = evaluate(student, models.tokenizer, inputs.context, inputs.eval_qa, inputs.retention,
                           cfg.eval_max_new_tokens, teacher_model=models.other) \
         if inputs.eval_qa and cfg.finetune == "lora" else None
+    log_evaluation(models.accelerator, evaluation)
     metrics = run_metrics(result, stats, t_eval, t_start)
     gate_file = out / "data" / "query_gate.json"
     gates = load_json(gate_file, str(gate_file)) if gate_file.exists() else []
@@ -278,10 +274,12 @@ def write_artifacts(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries
 
 
 def run(cfg: OnpolicyConfig, out: str, resume: bool = False, *, context: list[str] | None = None,
-        prompts: str | None = None, eval_qa: str | None = None, retention: str | None = None) -> RunResult | None:
-    """Returns the result on the main process, None on the others."""
+        prompts: str | None = None, eval_qa: str | None = None, retention: str | None = None,
+        columns: dict | None = None) -> RunResult | None:
+    """Returns the result on the main process, None on the others. `columns`: the dataset columns of inputs given
+    as datasets, and their split (see data/hf_datasets.py)."""
     t_start, out_dir = time.time(), Path(out)
-    inputs = read_inputs(cfg, context, prompts, eval_qa, retention)
+    inputs = read_inputs(cfg, context, prompts, eval_qa, retention, columns)
     models = open_models(cfg, out_dir, resume)
     if models.accelerator.is_main_process:  # before OUT/data/queries.jsonl is reused
         check_data_inputs(out_dir, {"context_sha256": [sha256_text(inputs.context.text)], "prompts": inputs.prompts,
@@ -293,6 +291,7 @@ def run(cfg: OnpolicyConfig, out: str, resume: bool = False, *, context: list[st
     done = write_artifacts(cfg, inputs, models, queries, setup, result, collate.stats, out_dir, t_start) \
         if models.accelerator.is_main_process else None
     models.accelerator.wait_for_everyone()
+    end_trackers(models.accelerator)
     return done
 
 
