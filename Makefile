@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-trl kill-drill check-export configs clean
+.PHONY: install demo test bench bench-trl bench-snell kill-drill check-export test-llamacpp bench-generation configs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,12 +34,23 @@ bench-trl: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[bench]"          # TRL, for the comparison only
 	$(BIN)/python benchmarks/vs_trl.py
 
+bench-snell: $(STAMP)   # Snell et al.'s 8-digit addition: scratch-pad teacher, distilled student, transfer (docs/sft.md)
+	$(BIN)/python benchmarks/snell_addition.py --out runs/snell
+
 kill-drill: $(STAMP)   # SIGKILL a real run at 10 random moments, resume, compare with an uninterrupted run
 	$(BIN)/python benchmarks/kill_drill.py
 
 check-export: $(STAMP)   # export a random LoRA on the default model; compare llama.cpp with torch (not in `test`)
 	$(BIN)/pip install --quiet llama-cpp-python==0.3.36   # builds llama.cpp from source: several minutes
 	$(BIN)/python benchmarks/check_export.py
+
+test-llamacpp: $(STAMP)   # the llama.cpp generation backend's tests (skipped by `make test` without the extra)
+	$(BIN)/pip install --quiet -e ".[llamacpp]"   # builds llama.cpp from source the first time: several minutes
+	$(BIN)/python -m pytest -q tests/test_llamacpp_backend.py
+
+bench-generation: $(STAMP)   # tokens/s and sample agreement, torch loop vs llama.cpp, on the default model
+	$(BIN)/pip install --quiet -e ".[llamacpp]"
+	$(BIN)/python benchmarks/generation.py
 
 configs: $(STAMP)   # configs/<recipe>.yaml, generated from the config classes
 	$(BIN)/python -m ctxdistill.config configs

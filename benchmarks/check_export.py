@@ -101,7 +101,7 @@ def main() -> int:
     from ctxdistill.core.models import default_model_path, load_adapter, load_model
     from ctxdistill.core.pairs import render_prompt
     from ctxdistill.core.models import default_gguf_file
-    from ctxdistill.export import export
+    from ctxdistill.core.export import export
 
     try:
         import llama_cpp  # noqa: F401

@@ -11,7 +11,9 @@ student's top-100 tokens, renormalized. Two settings:
 Each side runs in a fresh process, so peak RSS is its own; seconds per step leave out the first (warm-up) step.
 TRL is a benchmark-only dependency: `pip install -e ".[bench]"`. Run:
 
-    python benchmarks/vs_trl.py [--steps 4] [--skip-trl]
+    python benchmarks/vs_trl.py [--steps 4] [--skip-trl] [--backend torch|llamacpp|both]
+
+`--backend llamacpp` samples our side with llama.cpp (docs/generation.md; the student's LoRA swapped in each step).
 """
 
 from __future__ import annotations
@@ -32,10 +34,10 @@ from trl_sdft import DOCUMENT, QUESTIONS  # noqa: E402  (the TRL side's document
 
 
 def run_ours(steps: int, generate_from_teacher: bool, gradient_checkpointing: bool = False, batch_size: int = 8,
-             completion_tokens: int = 96, seed: int = 0) -> dict:
+             completion_tokens: int = 96, seed: int = 0, backend: str = "torch") -> dict:
     import torch
 
-    from ctxdistill.core.generation import MergedCopy, generate
+    from ctxdistill.core.generation import MergedCopy, generate, make_backend
     from ctxdistill.core.losses import DistillLoss, collate_pairs
     from ctxdistill.core.models import add_lora, bf16_supported, enable_gradient_checkpointing, load_model
     from ctxdistill.core.objectives import Objective
@@ -57,14 +59,20 @@ def run_ours(steps: int, generate_from_teacher: bool, gradient_checkpointing: bo
     loss_fn = DistillLoss(student, teacher, Objective({"jsd": 1.0}, jsd_beta=0.5, top_k=100, support="student"))
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=2e-3)
-    sampler = None if generate_from_teacher else MergedCopy(student)
+    engine = make_backend("llamacpp", student, tok, base="default") if backend == "llamacpp" else None
+    sampler = None if generate_from_teacher or engine is not None else MergedCopy(student)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_supported(device))
 
     step_seconds, gen_seconds, tokens, losses = [], [], [], []
     for step in range(steps):
         t0 = time.perf_counter()
         qs = [(step * batch_size + i) % len(QUESTIONS) for i in range(batch_size)]
-        if generate_from_teacher:  # the teacher: base weights (adapter off) with the document
+        if engine is not None:  # llama.cpp: the base (teacher) or the student's current LoRA swapped in
+            engine.use_lora(None if generate_from_teacher else student)
+            ys = engine.generate([(t_prompts if generate_from_teacher else s_prompts)[i] for i in qs],
+                                 max_new_tokens=completion_tokens, min_new_tokens=completion_tokens,
+                                 temperature=1.0, batch_size=batch_size, show_progress=False)
+        elif generate_from_teacher:  # the teacher: base weights (adapter off) with the document
             with student.disable_adapter():
                 ys = generate(student, tok, [t_prompts[i] for i in qs], max_new_tokens=completion_tokens,
                               min_new_tokens=completion_tokens, temperature=1.0, batch_size=batch_size,
@@ -94,7 +102,7 @@ def run_ours(steps: int, generate_from_teacher: bool, gradient_checkpointing: bo
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "generation_seconds_per_step": sum(gen_seconds[1:]) / (steps - 1), "step_seconds": step_seconds,
             "completion_tokens_per_step": tokens, "losses": losses, "teacher_prefix_tokens": len(prefix or []),
-            "dtype": "bf16 autocast" if bf16_supported(device) else "fp32"}
+            "dtype": "bf16 autocast" if bf16_supported(device) else "fp32", "backend": backend}
 
 
 def _child(args: list[str]) -> dict:
@@ -112,34 +120,40 @@ def main():
                    help="activation (gradient) checkpointing on both sides; TRL's default is on")
     p.add_argument("--child", choices=["student", "teacher"], help=argparse.SUPPRESS)
     p.add_argument("--gc", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--backend", choices=["torch", "llamacpp", "both"], default="torch",
+                   help="who samples on our side: the torch loop, llama.cpp (the llamacpp extra), or each in turn")
     p.add_argument("--json-out", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.steps < 2:
         p.error("--steps must be >= 2 (the first step is warm-up)")
     if a.child:
-        Path(a.json_out).write_text(json.dumps(run_ours(a.steps, a.child == "teacher", a.gc)))
+        Path(a.json_out).write_text(json.dumps(run_ours(a.steps, a.child == "teacher", a.gc, backend=a.backend)))
         return
     rows = []
     for gc in {"off": [False], "on": [True], "both": [False, True]}[a.checkpointing]:
         for setting in ("student", "teacher"):
-            ours = _child([__file__, "--child", setting, "--steps", str(a.steps)] + (["--gc"] if gc else []))
+            ours_runs = [_child([__file__, "--child", setting, "--steps", str(a.steps), "--backend", backend]
+                                + (["--gc"] if gc else []))
+                         for backend in (["torch", "llamacpp"] if a.backend == "both" else [a.backend])]
             trl = None
             if not a.skip_trl:
                 trl = _child([str(HERE / "trl_sdft.py"), "--steps", str(a.steps)]
                              + (["--generate-from-teacher"] if setting == "teacher" else [])
                              + (["--gradient-checkpointing"] if gc else []))
-            rows.append((setting, gc, ours, trl))
-            print(f"{setting} generates, checkpointing {gc}: ours {ours['seconds_per_step']:.2f} s/step"
-                  + (f", TRL {trl['seconds_per_step']:.2f} s/step" if trl else ""), file=sys.stderr, flush=True)
+            for ours in ours_runs:
+                rows.append((setting, gc, ours, trl))
+                print(f"{setting} generates, checkpointing {gc}, {ours['backend']}: ours "
+                      f"{ours['seconds_per_step']:.2f} s/step"
+                      + (f", TRL {trl['seconds_per_step']:.2f} s/step" if trl else ""), file=sys.stderr, flush=True)
     print(f"\nsteps per run: {a.steps} (first not timed); batch 8 x 96-token completions; ours in "
           f"{rows[0][2]['dtype']}, TRL in fp32\n")
-    print("| setting | checkpointing | TRL s/step | ours s/step | speed-up | TRL tok/s | ours tok/s | TRL peak MB "
+    print("| setting | checkpointing | our sampler | TRL s/step | ours s/step | speed-up | TRL tok/s | ours tok/s | TRL peak MB "
           "| ours peak MB "
           "| ours generation s/step |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for setting, gc, ours, trl in rows:
         name = "student generates (on-policy)" if setting == "student" else "teacher generates (off-policy)"
-        name += f" | {'on' if gc else 'off'}"
+        name += f" | {'on' if gc else 'off'} | {ours['backend']}"
         if trl:
             print(f"| {name} | {trl['seconds_per_step']:.2f} | {ours['seconds_per_step']:.2f} | "
                   f"{trl['seconds_per_step'] / ours['seconds_per_step']:.2f}x | {trl['tokens_per_s']:.1f} | "

@@ -29,10 +29,15 @@ INPUT_FLAGS = {  # a recipe's `run` keyword -> its `distill` flag and argparse s
     "tasks": ("--tasks", dict(help='experience: .jsonl of {"prompt", "answer"}, or a dataset')),
     "checker": ("--checker", dict(help="experience: exact | contains | number | regex | module:function(prompt, "
                                        "response, answer) -> bool")),
+    "data": ("--data", dict(help='sft: .jsonl of {"input", "output"} or {"messages": [...]} (--eval: the same '
+                                 'shape, scored by exact match); onpolicy, offline: .jsonl or a dataset of '
+                                 '{"prompt", "privileged_context"} (TRL SDFT), "privileged_messages", '
+                                 '"demonstration" or "solution": a teacher-only context per row')),
 }
 CONFIG_FLAGS = {  # config keys that have a flag of their own
     "model": ("--model", dict(help="HF id, local directory, .gguf file, or 'default'")),
     "teacher": ("--teacher", dict(help="another model as the teacher (same tokenizer), or 'live' (onpolicy)")),
+    "teacher_adapter": ("--teacher-adapter", dict(help="a PEFT adapter folder: the teacher is the base with it on")),
     "mode": ("--mode", dict(choices=["sequential", "ensemble"], help="offline, several contexts: one after "
                                                                      "another, or teachers mixed")),
     "max_minutes": ("--max-minutes", dict(type=float, help="wall-clock budget for generation + training")),
@@ -473,7 +478,7 @@ def _add_modules(sub) -> None:
 
 
 def _cmd_export(args) -> None:
-    from ctxdistill.export import export
+    from ctxdistill.core.export import export
 
     result = export(args.adapter, args.to, args.out, args.outtype, args.model, args.overwrite)
     print(f"Exported {args.adapter} ({args.to}) to {result.out}")
@@ -486,7 +491,7 @@ def _cmd_export(args) -> None:
 
 
 def _add_export(sub) -> None:
-    from ctxdistill.export import DEFAULT_OUTTYPE, FORMATS, OUTTYPES
+    from ctxdistill.core.export import DEFAULT_OUTTYPE, FORMATS, OUTTYPES
 
     x = sub.add_parser("export", help="an adapter as a GGUF LoRA, a merged GGUF, or a merged transformers folder")
     x.add_argument("--adapter", required=True,

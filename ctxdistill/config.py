@@ -194,6 +194,10 @@ class GenerationSection(Section):
     """generation"""
     max_new_tokens: Positive = doc(96, "tokens per generated completion")
     gen_batch_size: Positive = doc(64, "sequences decoded together")
+    generation_backend: Literal["auto", "torch", "llamacpp"] = doc(
+        "auto", "who decodes samples: torch (the project's loop) | llamacpp (llama.cpp on the CPU; pip extra "
+                "'llamacpp'; docs/generation.md) | auto: llamacpp when installed, on CPU, for a GGUF-based model")
+    llamacpp_outtype: Literal["f32", "f16", "bf16"] = doc("f16", "generation_backend=llamacpp: the weights' GGUF type")
 
 
 class TeacherSection(Section):
@@ -202,8 +206,72 @@ class TeacherSection(Section):
                            "same tokenizer")
     context_kind: Literal["system", "prefix", "document"] = doc("system", "where the context goes in the chat")
     prefix_cache: bool = doc(True, "encode the context once; every teacher forward reuses its KV cache")
+    teacher_adapter: str = doc("", 'a PEFT adapter folder: the teacher is the base with it on (a second adapter on '
+                                   'the same weights, no copy); "": none')
     amplify: NonNegative = doc(0.0, "α of context-amplified teacher targets (and offline samples): (1+α)·log p(·|c,x) "
                                     "− α·log p(·|x); 0: the teacher as is")
+
+
+    @model_validator(mode="after")
+    def _teacher_adapter_on_the_base(self):
+        if not self.teacher_adapter:
+            return self
+        if self.teacher:
+            raise ValueError(f"teacher_adapter puts an adapter on the student's own base, but teacher={self.teacher!r} "
+                             "names another teacher. Use one of the two.")
+        if getattr(self, "finetune", "lora") != "lora":
+            raise ValueError("teacher_adapter shares the base weights between the teacher's adapter and the "
+                             "student's: it needs finetune=lora (full fine-tuning changes the base).")
+        from ctxdistill.core.models import check_adapter
+
+        try:
+            check_adapter(self.teacher_adapter)
+        except CtxDistillError as e:
+            raise ValueError(f"teacher_adapter: {e}") from None
+        return self
+
+
+class PerRowTemplatesSection(Section):
+    """per-row contexts (--data): each row's teacher view; see docs/per_row_contexts.md"""
+    teacher_template: str = doc("{prompt}\n\n{privileged_context}", "--data: the teacher's last user turn, from "
+                                "the row's prompt and privileged context (TRL's teacher_prompt_template)")
+    demonstration_template: str = doc(
+        "{prompt}\n\nThis is an example of a response to the question:\n{demonstration}\n\nNow answer with a "
+        "response of your own.", "--data rows with a \"demonstration\": the teacher's last user turn (SDFT)")
+    solution_template: str = doc(
+        "{prompt}\n\nHere is a reference solution:\n{solution}\n\nNow solve the problem yourself.",
+        "--data rows with a \"solution\": the teacher's last user turn (OPSD)")
+
+    @model_validator(mode="after")
+    def _templates_name_their_fields(self):
+        for key, fields in (("teacher_template", ("{prompt}", "{privileged_context}")),
+                            ("demonstration_template", ("{prompt}", "{demonstration}")),
+                            ("solution_template", ("{prompt}", "{solution}"))):
+            missing = [f for f in fields if f not in getattr(self, key)]
+            if missing:
+                raise ValueError(f"{key} must contain {' and '.join(fields)}; it lacks {', '.join(missing)}.")
+        return self
+
+
+class PerRowSection(Section):
+    """SDFT-style teachers (onpolicy); see docs/per_row_contexts.md"""
+    teacher_kind: Literal["base", "live", "ema"] = doc(
+        "base", "base: the frozen base (adapter off) | live: the current student | ema: a second LoRA adapter holding "
+                "the moving average of the student's (TRL SDFT's teacher_model_kind)")
+    ema_decay: Share = doc(0.99, "teacher_kind=ema: after each optimizer step ema = decay·ema + (1−decay)·student")
+    generate_from_teacher: bool = doc(False, "sample every step from the teacher's view (the row's context) with the "
+                                             "teacher's weights instead of the student's own view")
+
+    @model_validator(mode="after")
+    def _teacher_kind_is_the_students_adapter(self):
+        if self.teacher_kind != "base" and getattr(self, "finetune", "lora") != "lora":
+            raise ValueError(f"teacher_kind={self.teacher_kind} uses the student's LoRA adapter: it needs "
+                             "finetune=lora.")
+        if self.teacher_kind != "base" and (getattr(self, "teacher", "") not in ("", "live")
+                                            or getattr(self, "teacher_adapter", "")):
+            raise ValueError(f"teacher_kind={self.teacher_kind} is the student's own weights; it cannot be combined "
+                             "with teacher or teacher_adapter (another teacher). Use one of the two.")
+        return self
 
 
 class QuerySection(Section):
@@ -252,7 +320,7 @@ class TrackingSection(Section):
 
 
 class OfflineConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection, TeacherSection, QuerySection,
-                    GenerationSection, AnchorSection, EvalSection, TrackingSection):
+                    GenerationSection, AnchorSection, PerRowTemplatesSection, EvalSection, TrackingSection):
     """offline: teacher samples, several contexts, few-shot examples, scratch-pads"""
     mode: Literal["sequential", "ensemble"] = doc("sequential", "several contexts: one after another | teachers "
                                                                "mixed")
@@ -298,8 +366,8 @@ class OfflineConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection
         return self
 
 
-class OnpolicyConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection, TeacherSection, QuerySection,
-                     GenerationSection, EvalSection, TrackingSection):
+class OnpolicyConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection, TeacherSection, PerRowSection,
+                     PerRowTemplatesSection, QuerySection, GenerationSection, EvalSection, TrackingSection):
     """onpolicy: the student samples without the context, the teacher scores the same ids with it"""
     objective: Union[str, dict] = doc(
         {"reverse_kl": 1.0, "forward_kl": 1.0}, "on the student's samples: reverse KL (the paper) plus forward KL, "
@@ -400,6 +468,12 @@ class LoraFinetuneConfig(FinetuneConfig):
     lr: NonNegative = 1e-3
 
 
+class SftConfig(ModelSection, TrainedSection, LossSection, OptimSection, EvalSection, TrackingSection):
+    """sft: supervised fine-tuning on input/output pairs or chats; the loss is on the answers (assistant turns) only"""
+    max_seq_len: Count = doc(0, "0: the model's window; a longer example is refused")
+    eval_max_new_tokens: Positive = doc(64, "--eval: tokens generated per answer (exact match needs the whole answer)")
+
+
 class KnowledgeConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection, GenerationSection,
                       AnchorSection, EvalSection, TrackingSection):
     """knowledge: documents -> plug-in LoRA modules by deep context distillation (or a next-token baseline)"""
@@ -447,7 +521,7 @@ class KnowledgeConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSecti
 CONFIGS: dict[str, type[Section]] = {
     "offline": OfflineConfig, "onpolicy": OnpolicyConfig, "experience": ExperienceConfig, "disc": DiscConfig,
     "finetune": FinetuneConfig, "finetune-kl": FinetuneKLConfig, "lora-finetune": LoraFinetuneConfig,
-    "knowledge": KnowledgeConfig,
+    "knowledge": KnowledgeConfig, "sft": SftConfig,
 }
 ALIASES = {"learning_rate": "lr", "lr_rate": "lr", "rank": "lora_r", "r": "lora_r", "alpha": "lora_alpha",
            "num_epochs": "epochs", "steps": "max_steps", "k": "top_k"}

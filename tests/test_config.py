@@ -168,7 +168,8 @@ FOREIGN = [("disc", "scratchpad", "offline"), ("offline", "offline_fraction", "o
            ("onpolicy", "replay", "offline"), ("knowledge", "split_strategy", "disc"),
            ("finetune", "objective", "offline"), ("lora-finetune", "kl_weight", "finetune-kl"),
            ("finetune-kl", "chunk_tokens", "knowledge"), ("experience", "samples_per_query", "offline"),
-           ("offline", "select_fraction", "experience"), ("disc", "teacher", "offline")]
+           ("offline", "select_fraction", "experience"), ("disc", "teacher", "offline"),
+           ("sft", "scratchpad", "offline")]
 
 
 @pytest.mark.parametrize("recipe,key,owner", FOREIGN)

@@ -13,7 +13,7 @@ import torch
 from ctxdistill import CtxDistillError
 from ctxdistill.cli import main
 from ctxdistill.core.models import add_lora, load_adapter, peft_quietly
-from ctxdistill.export import (export, gguf_tensors, lora_scale_fix, llama_hparams,
+from ctxdistill.core.export import (export, gguf_tensors, lora_scale_fix, llama_hparams,
                                permute_for_gguf, read_kvs, write_gguf)
 
 gguf = pytest.importorskip("gguf")

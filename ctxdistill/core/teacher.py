@@ -80,13 +80,53 @@ def load_teacher_model(name: str, student_tokenizer, dtype: str, device, student
     return model.eval().requires_grad_(False)
 
 
+TEACHER_ADAPTER = "teacher"  # the name of the teacher's adapter next to the student's ("default") on one PEFT model
+
+
+def add_teacher_adapter(student, path: str):
+    """Load the adapter at `path` onto the student's PEFT model as a second, frozen adapter named "teacher": the
+    teacher is then the same base weights with that adapter on (no copy). The student's adapter stays active."""
+    from ctxdistill.core.models import adapter_loading, check_adapter, peft_quietly
+
+    check_adapter(path)
+    with peft_quietly(), adapter_loading(path, student):
+        student.load_adapter(path, adapter_name=TEACHER_ADAPTER, is_trainable=False)
+    student.set_adapter(student.active_adapter)  # the student's adapter stays the active, trainable one
+    return student
+
+
+@contextmanager
+def adapter_on(peft_model, name: str = TEACHER_ADAPTER):
+    """The adapter `name` in the forward instead of the student's, frozen; the student's is active (and trainable
+    as before) again afterwards. PEFT switches adapters by re-marking which weights train, so the switch back
+    restores them."""
+    active = peft_model.active_adapter
+    trainable = any(p.requires_grad for n, p in peft_model.named_parameters() if f".{active}." in n)
+    peft_model.set_adapter(name, inference_mode=True)
+    try:
+        yield peft_model
+    finally:
+        peft_model.set_adapter(active, inference_mode=not trainable)
+
+
+def drop_teacher_adapter(peft_model) -> None:
+    """Remove the teacher's adapter (before saving: the student's adapter folder holds the student only)."""
+    if TEACHER_ADAPTER in peft_model.peft_config:
+        active = peft_model.active_adapter
+        peft_model.delete_adapter(TEACHER_ADAPTER)
+        peft_model.set_adapter(active)
+
+
 class Teacher:
-    """Scores views with frozen weights: the adapter-disabled student, a frozen copy, or another model."""
+    """Scores views with frozen weights: the adapter-disabled student, its "teacher" adapter (`adapter`), a frozen
+    copy, or another model."""
 
     def __init__(self, student, frozen_copy: bool = False, other=None, live: bool = False,
-                 context_cache_tokens: int = CONTEXT_CACHE_TOKENS):
+                 context_cache_tokens: int = CONTEXT_CACHE_TOKENS, adapter: str | None = None, ema=None):
         self.student = student
+        self.ema = ema  # an EmaAdapter (core/ema.py): the student's base with the averaged adapter in its place
         self.live = live  # the student's current weights, adapter on (no gradient flows through the teacher)
+        self.adapter = adapter  # the name of the teacher's own adapter on the student's base, or None
         self.copy = None
         if other is not None:
             self.copy = base_model(other).eval().requires_grad_(False)
@@ -109,8 +149,15 @@ class Teacher:
         was_training = model.training
         model.eval()
         try:
-            with self.student.disable_adapter() if self.copy is None and not self.live and \
-                    hasattr(self.student, "disable_adapter") else nullcontext():
+            if self.ema is not None:
+                view = self.ema.active()
+            elif self.adapter and self.copy is None:
+                view = adapter_on(self.student, self.adapter)
+            elif self.copy is None and not self.live and hasattr(self.student, "disable_adapter"):
+                view = self.student.disable_adapter()
+            else:
+                view = nullcontext()
+            with view:
                 yield
         finally:
             model.train(was_training)
@@ -133,9 +180,11 @@ class Teacher:
         Returns (final B × L' × H, layers or None, offset): row positions of the full view are at `pos - offset`."""
         prefix = self.prefix
         with self._weights():
-            if prefix is None:
+            if prefix is None and all_layers:
                 final, layers = decoder_states(self.model, input_ids, attention_mask, all_layers)
                 return final, layers, 0
+            if prefix is None:  # no shared context to reuse (say, one per row): groups of similar length instead
+                return states_by_length(self.model, input_ids, attention_mask), None, 0
             p = len(prefix)
             expected = torch.tensor(prefix.ids, device=input_ids.device)
             if input_ids.shape[1] <= p or not bool((input_ids[:, :p] == expected).all()):
@@ -208,6 +257,42 @@ class Teacher:
                         torch.tensor([t for ids in labels for t in ids], dtype=torch.long, device=device),
                         torch.tensor([b for (b, _), ids in zip(located, labels) for _ in ids], dtype=torch.long,
                                      device=device))
+
+
+# A row joins the current length group while its length is at least this share of the group's longest row.
+LENGTH_GROUP_SHARE = 0.75
+
+
+def length_groups(lengths: list[int], share: float = LENGTH_GROUP_SHARE) -> list[list[int]]:
+    """Row indices grouped by length, longest first: each group is padded only to its own longest row."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups and lengths[i] >= share * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def states_by_length(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Final hidden states of right-padded rows, computed in groups of similar length.
+
+    With a context of its own per row no prefix is shared, and the rows' lengths differ by their contexts: one
+    padded forward would run every row to the longest one. The output keeps the batch's shape; the positions past a
+    group's width are zeros, never read (the loss picks completion rows only)."""
+    lengths = attention_mask.sum(1).tolist()
+    groups = length_groups(lengths)
+    if len(groups) == 1:
+        return decoder_states(model, input_ids, attention_mask)[0]
+    out = None
+    for rows in groups:
+        width = lengths[rows[0]]
+        index = torch.tensor(rows, device=input_ids.device)
+        final = decoder_states(model, input_ids[index, :width], attention_mask[index, :width])[0]
+        if out is None:
+            out = final.new_zeros(input_ids.shape[0], input_ids.shape[1], final.shape[-1])
+        out[index, :width] = final
+    return out
 
 
 @dataclass

@@ -138,8 +138,10 @@ def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in module.named_parameters() if p.requires_grad}
 
 
-def _load_checkpoint(path: Path, fingerprint: str, loss_module, optimizer, scheduler) -> tuple[int, list[float]]:
-    """Restore the trainable weights, optimizer, schedule and RNG of a checkpoint; (its step, its loss history)."""
+def _load_checkpoint(path: Path, fingerprint: str, loss_module, optimizer, scheduler,
+                     follower=None) -> tuple[int, list[float]]:
+    """Restore the trainable weights, optimizer, schedule, RNG (and the follower's state) of a checkpoint; (its
+    step, its loss history)."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     if state.get("fingerprint") != fingerprint:
         raise CtxDistillError(f"The checkpoint {path} was written by a run with another config or "
@@ -151,6 +153,11 @@ def _load_checkpoint(path: Path, fingerprint: str, loss_module, optimizer, sched
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
+    if follower is not None:
+        if "follower" not in state:
+            raise CtxDistillError(f"The checkpoint {path} has no state for {type(follower).__name__} (it was written "
+                                  "by a run without it). Resume with the same settings, or use a new --out directory.")
+        follower.load_state_dict(state["follower"])
     return state["step"], state["loss_history"]
 
 
@@ -215,13 +222,15 @@ def _refit(accelerator, scheduler, step_times: list[float], steps_done: int, dea
     bar.refresh()
 
 
-def _update(accelerator, optimizer, scheduler, params, grad_clip: float) -> None:
+def _update(accelerator, optimizer, scheduler, params, grad_clip: float, follower=None) -> None:
     """The optimizer step after the gradients of a step's micro-batches are in; the schedule moves once per step."""
     if grad_clip > 0:
         accelerator.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    if follower is not None:
+        follower.update()
 
 
 def _past_deadline(accelerator, deadline: float | None) -> bool:
@@ -249,11 +258,12 @@ def _open_log(accelerator, loss_module, resumed_at: int | None, total: int):
 
 
 def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate: Callable, s: TrainSettings,
-          checkpoint_path: Path, resume: bool = False, fingerprint: str = "") -> TrainResult:
+          checkpoint_path: Path, resume: bool = False, fingerprint: str = "", follower=None) -> TrainResult:
     """Optimize `loss_module` on `examples`, averaging the loss over every loss row of a step.
 
     A step collates all its micro-batches first (on-policy recipes sample inside `collate`, so the rows are only
-    known then) and sums their loss rows (`len(batch.labels)`) over processes."""
+    known then) and sums their loss rows (`len(batch.labels)`) over processes. `follower` (e.g. an EMA of the
+    weights) has `update()` called after every optimizer step, and its `state_dict()` goes into each checkpoint."""
     if not examples:
         raise CtxDistillError("No training examples: nothing to learn from. Check the prompts and the samples.")
     micro = _micro_batches(accelerator, s)
@@ -267,7 +277,8 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
 
     start_step, history = 0, []
     if resume and checkpoint_path.exists():
-        start_step, history = _load_checkpoint(checkpoint_path, fingerprint, loss_module, optimizer, scheduler)
+        start_step, history = _load_checkpoint(checkpoint_path, fingerprint, loss_module, optimizer, scheduler,
+                                               follower)
         accelerator.print(f"Resuming from step {start_step}/{scheduler.lr_lambdas[0].total} ({checkpoint_path}).")
     log, terms = _open_log(accelerator, loss_module, start_step if resume else None, scheduler.lr_lambdas[0].total)
 
@@ -275,8 +286,9 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
     unwrapped = accelerator.unwrap_model(model)
 
     def save_checkpoint(step: int):
-        _save_checkpoint(accelerator, checkpoint_path, {"step": step, "loss_history": history,
-                                                        "fingerprint": fingerprint}, unwrapped, optimizer, scheduler)
+        state = {"step": step, "loss_history": history, "fingerprint": fingerprint,
+                 **({"follower": follower.state_dict()} if follower is not None else {})}
+        _save_checkpoint(accelerator, checkpoint_path, state, unwrapped, optimizer, scheduler)
 
     world, rank = accelerator.num_processes, accelerator.process_index
     schedule = scheduler.lr_lambdas[0]  # its `total` is the checkpoint's after a resume
@@ -295,7 +307,7 @@ def train(accelerator, loss_module: torch.nn.Module, examples: Sequence, collate
                                                                                  for b in mine])
         tokens_seen += n_input_tokens
         _check_finite(step_loss, step, checkpoint_path, bar)
-        _update(accelerator, optimizer, scheduler, params, s.grad_clip)
+        _update(accelerator, optimizer, scheduler, params, s.grad_clip, follower)
         history.append(step_loss)
         step += 1
         step_times.append(time.time() - t_step)

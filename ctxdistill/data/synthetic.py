@@ -85,14 +85,17 @@ def _cache_key(model_id: str, chunk: Chunk, settings: SynthSettings) -> str:
 
 
 def _sample(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float, seed: int,
-            batch_size: int) -> list[list[int]]:
+            batch_size: int, backend=None) -> list[list[int]]:
+    if backend is not None:  # generation_backend=llamacpp (core.llamacpp): it shares the chunk's prefix itself
+        return backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                                batch_size=batch_size, seed=seed, show_progress=False)
     shared = shared_prefix_len(prompts, [len(p) for p in prompts])
     prefix = encode_prefix(model, prompts[0][:shared]) if shared >= MIN_SHARED_PREFIX else None  # the chunk, encoded once
     return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
                     batch_size=batch_size, seed=seed, show_progress=False, prefix=prefix)
 
 
-def synthesize_chunk(model, tokenizer, chunk: Chunk, s: SynthSettings) -> list[dict]:
+def synthesize_chunk(model, tokenizer, chunk: Chunk, s: SynthSettings, backend=None) -> list[dict]:
     """Rows {"chunk", "kind": summary|qa, "prompt" (the student's user turn), "completion_ids", "text"}."""
     ctx = Context(chunk.text, "document")
     rows, seen = [], set()
@@ -107,14 +110,14 @@ def synthesize_chunk(model, tokenizer, chunk: Chunk, s: SynthSettings) -> list[d
     jobs = [p for p in s.summary_prompts for _ in range(s.summaries_per_prompt)]
     if jobs:
         outs = _sample(model, tokenizer, [render_prompt(tokenizer, p, ctx) for p in jobs], s.max_new_tokens,
-                       s.temperature, s.seed, s.batch_size)
+                       s.temperature, s.seed, s.batch_size, backend)
         for p, ids in zip(jobs, outs):
             keep("summary", p, ids)
     if s.questions_per_chunk and s.answers_per_question:
         asked = [render_prompt(tokenizer, s.question_prompt, ctx)] * s.questions_per_chunk
         questions = {}
         for ids in _sample(model, tokenizer, asked, max(16, s.max_new_tokens // 2), s.temperature, s.seed + 1,
-                           s.batch_size):
+                           s.batch_size, backend):
             q = clean_question(tokenizer.decode(ids, skip_special_tokens=True))
             if q and about_the_chunk(q, chunk.text):
                 questions.setdefault(_norm(q), q)
@@ -123,14 +126,16 @@ def synthesize_chunk(model, tokenizer, chunk: Chunk, s: SynthSettings) -> list[d
             # The answer is the teacher's own, with the chunk in context: sampled when several are asked for.
             temperature = s.temperature if s.answers_per_question > 1 else 0.0
             outs = _sample(model, tokenizer, [render_prompt(tokenizer, q, ctx) for q in jobs],
-                           max(16, s.max_new_tokens // 2), temperature, s.seed + 2, s.batch_size)
+                           max(16, s.max_new_tokens // 2), temperature, s.seed + 2, s.batch_size, backend)
             for q, ids in zip(jobs, outs):
                 keep("qa", q, ids)
     return rows
 
 
-def synthesize(model, tokenizer, chunks: list[Chunk], settings: SynthSettings, cache: Path, model_id: str) -> list[dict]:
-    """All chunks' rows, from the cache where it has them; progress over chunks with rate and ETA."""
+def synthesize(model, tokenizer, chunks: list[Chunk], settings: SynthSettings, cache: Path, model_id: str,
+               backend=None) -> list[dict]:
+    """All chunks' rows, from the cache where it has them; progress over chunks with rate and ETA. `backend`: a
+    generation backend to sample with instead of the torch loop (core.generation.make_backend)."""
     cache.mkdir(parents=True, exist_ok=True)
     rows = []
     for chunk in tqdm(chunks, desc="synthesizing summaries and QA", unit="chunk", dynamic_ncols=True):
@@ -138,7 +143,7 @@ def synthesize(model, tokenizer, chunks: list[Chunk], settings: SynthSettings, c
         if path.exists():
             rows += json.loads(path.read_text(encoding="utf-8"))
             continue
-        made = synthesize_chunk(model, tokenizer, chunk, settings)
+        made = synthesize_chunk(model, tokenizer, chunk, settings, backend)
         atomic_write_json(path, made)
         rows += made
     return rows

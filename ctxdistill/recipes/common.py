@@ -21,6 +21,7 @@ from ctxdistill import CtxDistillError
 from ctxdistill.core import tracking
 from ctxdistill.core.files import atomic_write_json, read_jsonl, write_jsonl
 from ctxdistill.core.models import add_lora, bf16_supported, default_device, enable_gradient_checkpointing, load_model
+from ctxdistill.core.pairs import render_prompt
 from ctxdistill.core.training import TrainSettings
 
 
@@ -367,3 +368,31 @@ def plan_context_queries(cfg, model, tokenizer, text: str, name: str, seed: int)
         raise CtxDistillError(f"No query for {name} passed the quality gate ({plan.gate['rejected']}). Pass --prompts, "
                               "or put a 'prompts' list in the context file.")
     return plan
+
+
+def per_row_views(tokenizer, rows, shared, max_new_tokens: int, window: int, data_path) -> list[tuple[list, list]]:
+    """(teacher view, student view) token ids of each --data row (data/per_row.py): render(row.teacher, with the
+    shared --context if any) and render(row.student). A teacher's context is never cut: a row whose teacher view
+    plus max_new_tokens passes the window is refused, by its number in the file."""
+    views = []
+    for n, row in enumerate(rows, 1):
+        teacher, student = render_prompt(tokenizer, row.teacher, shared), render_prompt(tokenizer, row.student)
+        longest = len(teacher) + max_new_tokens
+        if longest > window:
+            raise CtxDistillError(f"--data {data_path}, row {n}: the teacher's view (context + prompt) is "
+                                  f"{len(teacher)} tokens, with max_new_tokens {max_new_tokens} that is {longest}, "
+                                  f"longer than the model window ({window}). Shorten that row's context, or lower "
+                                  "max_new_tokens.")
+        views.append((teacher, student))
+    return views
+
+
+def check_per_row_inputs(recipe: str, contexts: list, prompts, eval_qa) -> None:
+    """What --data (a teacher-only context per row) cannot go with, the same for every recipe that reads it."""
+    if prompts:
+        raise CtxDistillError("--data rows hold the prompts; drop --prompts (or drop --data and use --context).")
+    if len(contexts) > 1:
+        raise CtxDistillError(f"The {recipe} recipe takes at most one shared --context FILE next to --data.")
+    if eval_qa and not contexts:
+        raise CtxDistillError("--eval compares the model with and without a shared context; with --data alone there "
+                              "is none. Add --context FILE, or drop --eval.")

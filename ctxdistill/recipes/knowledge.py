@@ -29,6 +29,7 @@ from accelerate import Accelerator
 from ctxdistill import CtxDistillError
 from ctxdistill.config import KnowledgeConfig
 from ctxdistill.core.files import atomic_write_text, read_jsonl, write_jsonl
+from ctxdistill.core.generation import make_backend, resolve_backend
 from ctxdistill.core.losses import DistillLoss, collate_pairs
 from ctxdistill.core.models import cache_dir, load_adapter
 from ctxdistill.core.objectives import Objective
@@ -261,8 +262,16 @@ def make_synthetic_data(state: KnowledgeRun) -> None:
     t0, accelerator, path = time.time(), state.accelerator, state.out / "data" / "synthetic.jsonl"
     if accelerator.is_main_process:
         state.model.eval()
-        state.rows = synthesize(state.model, state.tokenizer, state.chunks, synth_settings(state.cfg),
-                                cache_dir() / "synthetic", f"{state.cfg.model}|{state.base_path}")
+        cfg, backend = state.cfg, None
+        # llama.cpp's samples are other draws: they get their own cache entries
+        if resolve_backend(cfg.generation_backend, cfg.model, accelerator.device) == "llamacpp":
+            backend = make_backend("llamacpp", state.model, state.tokenizer, base=cfg.model,
+                                   outtype=cfg.llamacpp_outtype)
+        state.rows = synthesize(state.model, state.tokenizer, state.chunks, synth_settings(cfg),
+                                cache_dir() / "synthetic",
+                                f"{cfg.model}|{state.base_path}" + ("|llamacpp" if backend else ""), backend)
+        if backend is not None:
+            backend.close()
         write_jsonl(path, state.rows)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:

@@ -1,6 +1,8 @@
 """Offline context distillation (Snell, Klein, Zhong 2022, "Learning by Distilling Context").
 
 1. sources: each --context file (split into parts if it does not fit the window) and/or a pool of --examples;
+   or --data rows, each with a teacher-only context of its own (data/per_row.py; teacher view = the row's, student
+   view = its bare prompt; an optional shared --context goes into every teacher view);
 2. queries: from the source's own prompts, --prompts, or synthesized by the model shown the context;
 3. the teacher (the model *with* the context; for LoRA the same weights, adapter off; or --teacher) samples
    completions, optionally reasoning on a scratch-pad before an answer delimiter;
@@ -24,25 +26,27 @@ from ctxdistill import CtxDistillError
 from ctxdistill.config import OfflineConfig
 from ctxdistill.core.files import atomic_write_json, load_json
 from ctxdistill.core.forward import MIN_SHARED_PREFIX, encode_prefix, shared_prefix_len
-from ctxdistill.core.generation import MergedCopy, generate, stop_token_ids
+from ctxdistill.core.generation import MergedCopy, TorchBackend, make_backend, resolve_backend, stop_token_ids
 from ctxdistill.core.losses import DistillLoss, collate_pairs, context_evidence
 from ctxdistill.core.models import enable_gradient_checkpointing, load_adapter
 from ctxdistill.core.pairs import Context, Pair, assistant_header, build_pair, render_prompt
-from ctxdistill.core.teacher import CONTEXT_CACHE_TOKENS, Teacher, load_teacher_model
+from ctxdistill.core.teacher import (CONTEXT_CACHE_TOKENS, TEACHER_ADAPTER, Teacher, adapter_on, add_teacher_adapter,
+                                     drop_teacher_adapter, load_teacher_model)
 from ctxdistill.core.tracking import end_trackers, log_evaluation
 from ctxdistill.core.topk_cache import TopKCache, build_topk_cache
 from ctxdistill.core.training import total_steps_for, train
 from ctxdistill.data.anchors import make_anchors, with_anchors
 from ctxdistill.data.inputs import read_context, read_prompts, read_qa, read_qa_items, read_retention
+from ctxdistill.data.per_row import PerRowExample, Templates, read_per_row
 from ctxdistill.data.queries import OTHER_ORIGINS, query_origins
 from ctxdistill.data.sources import Source, context_source, examples_source
 from ctxdistill.eval.evaluation import evaluate, results_table
 from ctxdistill.eval.reports import planned_note, query_report, write_report
 from ctxdistill.recipes.artifacts import save_trained, sha256_text, write_manifest
 from ctxdistill.recipes.base import Recipe, RunResult
-from ctxdistill.recipes.common import (GENERATION_SHARE, budget_deadline, check_data_inputs, fingerprint,
-                                       generation_deadline, main_process_writes,
-                                       make_student, model_window, open_run, plan_context_queries, share_budget,
+from ctxdistill.recipes.common import (GENERATION_SHARE, budget_deadline, check_data_inputs, check_per_row_inputs,
+                                       fingerprint, generation_deadline, main_process_writes, make_student,
+                                       model_window, open_run, per_row_views, plan_context_queries, share_budget,
                                        train_settings, training_fingerprint_config)
 
 DATA_KEYS = ("model", "teacher", "context_kind", "mode", "num_examples", "example_sets", "scratchpad",
@@ -59,7 +63,8 @@ def make_teacher(cfg: OfflineConfig, objective, student, other, pairs, pad_id: i
         return None
     # The cache is written before any update, so the student's own weights are the initial ones: no copy needed.
     live = Teacher(student, frozen_copy=cfg.finetune == "full" and not cfg.teacher_cache and other is None,
-                   other=other, context_cache_tokens=CONTEXT_CACHE_TOKENS if cfg.prefix_cache else 0)
+                   other=other, context_cache_tokens=CONTEXT_CACHE_TOKENS if cfg.prefix_cache else 0,
+                   adapter=TEACHER_ADAPTER if cfg.teacher_adapter else None)
     if cfg.prefix_cache and not any(p.more_teachers for p in pairs):  # an ensemble caches per context instead
         live.encode_shared_prefix([p.teacher_ids for p in pairs], [p.teacher_prompt_len for p in pairs])
     if not cfg.teacher_cache:
@@ -116,6 +121,16 @@ class OfflineInputs:
     examples_file: str | None
     prompts: list[str] | None
     retention: list[dict]
+    rows: list[PerRowExample] | None = None  # --data: a prompt and a teacher-only context per row
+    data_path: str | None = None
+
+    def context_digests(self, sources: list[Source]) -> list[str]:
+        """What the teacher's views were made from: each source, and the --data rows (a run without them keeps the
+        digests it had before --data existed, so its data and checkpoints are still reused)."""
+        digests = [sha256_text(s.text) for s in sources]
+        if self.rows:
+            digests.append(fingerprint([(r.student, r.teacher) for r in self.rows]))
+        return digests
 
 
 @dataclass
@@ -137,24 +152,52 @@ class OfflineRun:
     student: Any = None  # set at set-up only for --init-adapter; LoRA is added after sampling
     initial: Any = None  # the --init-adapter's own behaviour, for the report
     init_adapter: str | None = None
+    views: list[tuple[list[int], list[int]]] | None = None  # --data: (teacher, student) prompt ids of each row
 
     @property
     def sampler(self):
         return self.other if self.other is not None else self.model
 
     def sampler_weights(self):
-        """The teacher's weights while sampling: an --init-adapter is switched off."""
+        """The teacher's weights while sampling: the teacher's adapter on (teacher_adapter), else an --init-adapter
+        switched off."""
+        if self.cfg.teacher_adapter:
+            return adapter_on(self.student)
         return self.student.disable_adapter() if self.init_adapter and self.other is None else nullcontext()
 
 
-def read_inputs(cfg: OfflineConfig, context, prompts, examples, retention, columns=None) -> OfflineInputs:
+def read_inputs(cfg: OfflineConfig, context, prompts, examples, retention, columns=None, data=None,
+                eval_qa=None) -> OfflineInputs:
     context_files = [context] if isinstance(context, (str, Path)) else list(context or [])
+    if data:
+        return read_per_row_inputs(cfg, context_files, prompts, examples, retention, columns, data, eval_qa)
     contexts = {f: read_context(f) for f in context_files}
     example_source = examples_source(examples, cfg.num_examples, cfg.context_kind, columns) if examples else None
     if not contexts and example_source is None:
         raise CtxDistillError("Nothing to distill: give --context FILE (one or more) and/or --examples FILE.")
     return OfflineInputs(contexts, example_source, examples, read_prompts(prompts, columns) if prompts else None,
                          read_retention(retention, columns))
+
+
+def read_per_row_inputs(cfg: OfflineConfig, context_files: list, prompts, examples, retention, columns, data,
+                        eval_qa) -> OfflineInputs:
+    """--data rows, each with its teacher-only context; an optional shared --context goes into every teacher view.
+    What samples or averages teacher views under contexts of its own is refused: it has no per-row meaning."""
+    check_per_row_inputs("offline", context_files, prompts, eval_qa)
+    if examples:
+        raise CtxDistillError("--examples shows the teacher few-shot examples drawn for each query; --data rows carry "
+                              "their teacher's context already. Put the examples in the rows' contexts, or drop "
+                              "--data.")
+    if cfg.mode == "ensemble":
+        raise CtxDistillError("mode=ensemble averages the teacher under every --context; with --data each row has its "
+                              "own context. Set mode=sequential (the default), or drop --data.")
+    if cfg.scratchpad:
+        raise CtxDistillError("scratchpad appends its instruction to a text query; --data rows give the teacher's "
+                              "whole view. Write the instruction into the rows (teacher_template), or set "
+                              "scratchpad=false.")
+    contexts = {f: read_context(f) for f in context_files}
+    return OfflineInputs(contexts, None, None, None, read_retention(retention, columns),
+                         read_per_row(data, Templates.of(cfg), columns), str(data))
 
 
 def set_up(cfg: OfflineConfig, inputs: OfflineInputs, out: Path, resume: bool, init_adapter: str | None):
@@ -165,6 +208,10 @@ def set_up(cfg: OfflineConfig, inputs: OfflineInputs, out: Path, resume: bool, i
     other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device, model) if cfg.teacher else None
     run = OfflineRun(cfg, out, resume, t_start, accelerator, model, tokenizer, base_path, window, sources,
                      resolve_amplify(cfg, sources), other, init_adapter=init_adapter)
+    if inputs.rows:  # each row's views, checked against the window before anything is sampled
+        shared = Context(next(iter(inputs.contexts.values()))["context"], cfg.context_kind) if inputs.contexts \
+            else None
+        run.views = per_row_views(tokenizer, inputs.rows, shared, cfg.max_new_tokens, window, inputs.data_path)
     if init_adapter:
         if cfg.finetune != "lora":
             raise CtxDistillError("--init-adapter continues a LoRA adapter; it needs finetune=lora.")
@@ -172,6 +219,8 @@ def set_up(cfg: OfflineConfig, inputs: OfflineInputs, out: Path, resume: bool, i
         # The old behaviour, for the report. It is not the teacher: measured, a model holding "Your name is Zorblax"
         # keeps answering Zorblax with "Your name is Quibble." in context, so the base (adapter off) teaches.
         run.initial = MergedCopy(run.student).model
+    if cfg.teacher_adapter:  # the student's adapter exists from the start: the teacher's sits next to it
+        run.student = add_teacher_adapter(run.student or make_student(model, cfg), cfg.teacher_adapter)
     return run
 
 
@@ -187,9 +236,13 @@ def resolve_amplify(cfg: OfflineConfig, sources: list[Source]) -> float:
     return cfg.amplify
 
 
-def make_queries(run: OfflineRun, given: list[str] | None) -> list[dict]:
+def make_queries(run: OfflineRun, given: list[str] | None,
+                 data_rows: list[PerRowExample] | None = None) -> list[dict]:
     """Each source's own prompts, else the given ones, else a gated query plan for the source (data/queries.py);
-    what the gate did is kept in OUT/data/query_gate.json for the report."""
+    what the gate did is kept in OUT/data/query_gate.json for the report. With --data, the rows (by index)."""
+    if data_rows:
+        return [{"source": 0, "row": n, "prompt": r.student, "teacher": r.teacher, "origin": "data"}
+                for n, r in enumerate(data_rows)]
     rows, gates = [], []
     for i, source in enumerate(run.sources):
         prompts = source.prompts or given
@@ -226,7 +279,8 @@ def sample_jobs(run: OfflineRun, queries: list[dict]) -> list[list[tuple[dict, l
     index = 0  # each sample's own view index (a split context's parts take turns leading)
     for n, row in enumerate(queries):
         for k in range(samples_for(row, cfg)):
-            views = run.sources[row["source"]].views(rng, cfg.example_sets, index)
+            # a --data row's teacher view is its own (run.views); the shared --context is rendered into it
+            views = [] if "row" in row else run.sources[row["source"]].views(rng, cfg.example_sets, index)
             index += 1
             if cfg.mode == "ensemble":
                 views = views + [c for j, s in enumerate(run.sources) if j != row["source"]
@@ -242,26 +296,58 @@ def make_samples(run: OfflineRun, queries: list[dict]) -> list[dict]:
     cfg, samples = run.cfg, []
     deadline = generation_deadline(cfg, run.t_start)
     rounds = sample_jobs(run, queries)
+    backend = teacher_backend(run)
     t0, done = time.time(), 0
     for k, jobs in enumerate(rounds):
         if k and deadline and time.time() + (time.time() - t0) / done * len(jobs) > deadline:  # at the rate so far
             run.accelerator.print(f"Time budget: {k} of {len(rounds)} rounds of samples (generation may use "
                                   f"{GENERATION_SHARE:.0%} of the budget).")
             break
-        prompts = [render_prompt(run.tokenizer, teacher_query(row["prompt"], cfg), views[0]) for row, views in jobs]
+        prompts = [teacher_prompt(run, row, views) for row, views in jobs]
         shared = shared_prefix_len(prompts, [len(p) for p in prompts]) if cfg.prefix_cache else 0
-        prefix = encode_prefix(run.sampler, prompts[0][:shared]) if shared >= MIN_SHARED_PREFIX else None
-        plain = [render_prompt(run.tokenizer, teacher_query(row["prompt"], cfg)) for row, _ in jobs] \
-            if run.amplify else None
-        outs = generate(run.sampler, run.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
-                        temperature=cfg.sample_temperature, batch_size=cfg.gen_batch_size, seed=cfg.seed + k,
-                        desc=f"teacher sampling ({k + 1}/{len(rounds)})", prefix=prefix, contrast=plain,
-                        alpha=run.amplify)
+        # llama.cpp finds and shares the prefix itself; the torch loop is handed it encoded
+        prefix = encode_prefix(run.sampler, prompts[0][:shared]) \
+            if shared >= MIN_SHARED_PREFIX and backend.name == "torch" else None
+        plain = [plain_prompt(run, row) for row, _ in jobs] if run.amplify else None
+        outs = backend.generate(prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature,
+                                batch_size=cfg.gen_batch_size, seed=cfg.seed + k,
+                                desc=f"teacher sampling ({k + 1}/{len(rounds)})", prefix=prefix, contrast=plain,
+                                alpha=run.amplify)
         samples += [{"source": row["source"], "query": row["prompt"], "contexts": [c.text for c in views],
+                     **({"row": row["row"], "teacher_query": row["teacher"]} if "row" in row else {}),
                      "completion_ids": y, "text": run.tokenizer.decode(y, skip_special_tokens=True)}
                     for (row, views), y in zip(jobs, outs) if y]
         done += len(jobs)
+    backend.close()
     return samples
+
+
+def teacher_prompt(run: OfflineRun, row: dict, views: list[Context]) -> list[int]:
+    """The prompt the teacher samples from: a --data row's own teacher view, else the query under its first view."""
+    if "row" in row:
+        return run.views[row["row"]][0]
+    return render_prompt(run.tokenizer, teacher_query(row["prompt"], run.cfg), views[0])
+
+
+def plain_prompt(run: OfflineRun, row: dict) -> list[int]:
+    """The same request without the context (the contrast of amplified samples): a --data row's student view."""
+    if "row" in row:
+        return run.views[row["row"]][1]
+    return render_prompt(run.tokenizer, teacher_query(row["prompt"], run.cfg))
+
+
+def teacher_backend(run: OfflineRun):
+    """Who draws the teacher samples: llama.cpp (generation_backend=llamacpp) when the teacher is the base model
+    itself; the torch loop for a --teacher model, a teacher adapter or an --init-adapter run, and by default."""
+    if resolve_backend(run.cfg.generation_backend, run.cfg.model, run.accelerator.device) == "llamacpp":
+        if run.other is None and not run.cfg.teacher_adapter and not run.init_adapter:
+            run.accelerator.print(f"Teacher samples by llama.cpp ({run.cfg.llamacpp_outtype} GGUF of the base; "
+                                  f"generation_backend={run.cfg.generation_backend}).")
+            return make_backend("llamacpp", run.model, run.tokenizer, base=run.cfg.model,
+                                outtype=run.cfg.llamacpp_outtype)
+        run.accelerator.print("generation_backend=llamacpp: this teacher (--teacher, teacher_adapter or "
+                              "--init-adapter) samples through the torch loop.")
+    return TorchBackend(run.sampler, run.tokenizer)
 
 
 def make_pairs(run: OfflineRun, samples: list[dict]) -> tuple[list[Pair], list[int], int]:
@@ -277,6 +363,10 @@ def make_pairs(run: OfflineRun, samples: list[dict]) -> tuple[list[Pair], list[i
                 dropped += 1
                 continue
             thought, answer = split
+        if "row" in s:  # --data: the row's two views (no scratch-pad: refused with --data)
+            pairs.append(build_pair(*run.views[s["row"]], answer, header, run.window))
+            sources_of.append(s["source"])
+            continue
         query = teacher_query(s["query"], cfg)
         t_prompts = [render_prompt(tokenizer, query, Context(text, cfg.context_kind)) for text in s["contexts"]]
         pairs.append(build_pair(t_prompts[0], render_prompt(tokenizer, s["query"]), answer, header, run.window,
@@ -322,7 +412,7 @@ def drop_unexplained(run: OfflineRun, pairs: list[Pair], sources_of: list[int], 
 def plan_stages(cfg: OfflineConfig, n_sources: int, sources_of: list[int]) -> list[list[int]]:
     """Pair indices per training stage: one stage (ensemble, or a single source), else one per source, each later
     stage also replaying `replay` x its size of earlier stages' pairs, so they are not overwritten."""
-    if cfg.mode == "ensemble" or n_sources == 1:
+    if cfg.mode == "ensemble" or n_sources <= 1:  # 0: --data rows without a shared --context
         return [list(range(len(sources_of)))]
     own = [[i for i, src in enumerate(sources_of) if src == j] for j in range(n_sources)]
     own = [stage for stage in own if stage]
@@ -370,24 +460,27 @@ def train_stages(run: OfflineRun, pairs: list[Pair], samples: list[dict], source
 
 def run(cfg: OfflineConfig, out: str, resume: bool = False, *, context=(), prompts: str | None = None,
         examples: str | None = None, init_adapter: str | None = None, eval_qa: str | None = None,
-        retention: str | None = None, columns: dict | None = None) -> RunResult | None:
-    """`columns`: the dataset columns of inputs given as datasets, and their split (see data/hf_datasets.py)."""
-    inputs = read_inputs(cfg, context, prompts, examples, retention, columns)
+        retention: str | None = None, columns: dict | None = None, data: str | None = None) -> RunResult | None:
+    """`columns`: the dataset columns of inputs given as datasets, and their split (see data/hf_datasets.py).
+    `data`: rows with a teacher-only context each (data/per_row.py), in place of --prompts/--examples."""
+    inputs = read_inputs(cfg, context, prompts, examples, retention, columns, data, eval_qa)
     r = set_up(cfg, inputs, Path(out), resume, init_adapter)
     qa, qa_contexts = gather_eval(r.sources, eval_qa, columns)
-    data = r.out / "data"
+    made = r.out / "data"  # what the run makes once and reuses on --resume
     if r.accelerator.is_main_process:
-        check_data_inputs(r.out, {"context_sha256": [sha256_text(s.text) for s in r.sources],
+        check_data_inputs(r.out, {"context_sha256": inputs.context_digests(r.sources),
                                   "prompts": inputs.prompts, "examples": inputs.examples_file,
                                   "init_adapter": init_adapter,
                                   **({"anchor_prompts": cfg.anchor_prompts} if cfg.anchor_prompts else {}),
+                                  **({"teacher_adapter": cfg.teacher_adapter} if cfg.teacher_adapter else {}),
                                   **{k: getattr(cfg, k) for k in DATA_KEYS}})
     t0 = time.time()
     with r.sampler_weights():
-        queries = main_process_writes(r.accelerator, data / "queries.jsonl", lambda: make_queries(r, inputs.prompts))
-        samples = main_process_writes(r.accelerator, data / "samples.jsonl", lambda: make_samples(r, queries))
+        queries = main_process_writes(r.accelerator, made / "queries.jsonl",
+                                      lambda: make_queries(r, inputs.prompts, inputs.rows))
+        samples = main_process_writes(r.accelerator, made / "samples.jsonl", lambda: make_samples(r, queries))
         # Anchors: general prompts with the teacher's own answers, no context; the student keeps to them there.
-        anchors = main_process_writes(r.accelerator, data / "anchors.jsonl", lambda: make_anchors(
+        anchors = main_process_writes(r.accelerator, made / "anchors.jsonl", lambda: make_anchors(
             cfg, r.sampler, r.tokenizer)) if cfg.anchor_fraction > 0 else []
     generation_seconds = time.time() - t0
     pairs, sources_of, dropped = make_pairs(r, samples)
@@ -396,35 +489,43 @@ def run(cfg: OfflineConfig, out: str, resume: bool = False, *, context=(), promp
     results, anchor_pairs = train_stages(r, pairs, kept, sources_of, stages, anchors)
     counts = {"sources": [{"name": s.name, "parts": len(s.parts), "examples": len(s.examples or [])}
                           for s in r.sources],
-              "mode": cfg.mode, "queries": len(queries), "query_origins": query_origins(queries),
-              "query_gate": load_json(data / "query_gate.json", "query_gate.json")
-              if (data / "query_gate.json").exists() else [],
+              "mode": cfg.mode, **({"data_rows": len(inputs.rows)} if inputs.rows else {}),
+              "queries": len(queries), "query_origins": query_origins(queries),
+              "query_gate": load_json(made / "query_gate.json", "query_gate.json")
+              if (made / "query_gate.json").exists() else [],
               "samples": len(samples), "pairs": len(pairs), "anchor_pairs": anchor_pairs,
               "scratchpad_dropped": dropped, "evidence_filter": evidence, "amplify": r.amplify,
               "completion_tokens": sum(p.completion_len for p in pairs)}
-    result = write_artifacts(r, results, counts, qa, qa_contexts, inputs.retention, generation_seconds) \
+    result = write_artifacts(r, results, counts, qa, qa_contexts, inputs, generation_seconds) \
         if r.accelerator.is_main_process else None
     r.accelerator.wait_for_everyone()
     end_trackers(r.accelerator)
     return result
 
 
-def write_artifacts(r: OfflineRun, results: list, counts: dict, qa, qa_contexts, retention,
+def write_artifacts(r: OfflineRun, results: list, counts: dict, qa, qa_contexts, inputs: OfflineInputs,
                     generation_seconds: float) -> RunResult:
     """The adapter, the before/after evaluation, manifest.json and report.md (main process)."""
     cfg = r.cfg
     r.student.eval()
+    teacher_model = r.other
+    if cfg.teacher_adapter:  # the report's teacher row needs the teacher's adapter, the saved folder must not hold it
+        if qa:
+            with adapter_on(r.student):
+                teacher_model = MergedCopy(r.student).model
+        drop_teacher_adapter(r.student)
     saved = save_trained(r.student, r.tokenizer, r.out, cfg.finetune)
     t_eval = time.time()
-    evaluation = evaluate(r.student, r.tokenizer, qa_contexts, qa, retention, cfg.eval_max_new_tokens,
-                          teacher_model=r.other, initial_model=r.initial) if qa and cfg.finetune == "lora" else None
+    evaluation = evaluate(r.student, r.tokenizer, qa_contexts, qa, inputs.retention, cfg.eval_max_new_tokens,
+                          teacher_model=teacher_model, initial_model=r.initial) if qa and cfg.finetune == "lora" \
+        else None
     log_evaluation(r.accelerator, evaluation)
     metrics = {**stage_metrics(results), "generation_seconds": round(generation_seconds, 1),
                "eval_seconds": round(time.time() - t_eval, 1), "total_seconds": round(time.time() - r.t_start, 1)}
     if evaluation:
         metrics["evaluation"] = evaluation
     write_manifest(r.out, {"recipe": "offline", "base_model": cfg.model, "base_model_path": r.base_path,
-                           "init_adapter": r.init_adapter, "context_sha256": [sha256_text(s.text) for s in r.sources],
+                           "init_adapter": r.init_adapter, "context_sha256": inputs.context_digests(r.sources),
                            "context_kind": cfg.context_kind, "config": cfg.to_dict(), "data": counts,
                            "metrics": metrics})
     write_report(r.out, "offline context distillation", report_lines(r, counts, metrics, len(results)), evaluation,
@@ -450,8 +551,11 @@ def report_lines(r: OfflineRun, counts: dict, metrics: dict, n_stages: int) -> l
     cfg = r.cfg
     names = ", ".join(s.name + (f" ({len(s.parts)} parts)" if len(s.parts) > 1 else "") for s in r.sources)
     return [f"- base model: `{cfg.model}`" + (f"; initial adapter: `{r.init_adapter}`" if r.init_adapter else "")
-            + (f"; teacher: `{cfg.teacher}`" if cfg.teacher else ""),
-            f"- contexts ({cfg.context_kind}, mode {cfg.mode}): {names}",
+            + (f"; teacher: `{cfg.teacher}`" if cfg.teacher else "")
+            + (f"; teacher: the base + adapter `{cfg.teacher_adapter}`" if cfg.teacher_adapter else ""),
+            f"- contexts ({cfg.context_kind}, mode {cfg.mode}): {names or 'none shared'}"
+            + (f"; {counts['data_rows']} --data rows, each with its own teacher-only context"
+               if counts.get("data_rows") else ""),
             f"- data: {counts['queries']} queries, {counts['pairs']} teacher samples, "
             f"{counts['completion_tokens']} completion tokens"
             + (f", {counts['anchor_pairs']} anchor pairs" if counts["anchor_pairs"] else "")
@@ -484,4 +588,5 @@ def gather_eval(sources, eval_file: str | None, columns=None):
 
 NO_TABLE = "(no eval questions: pass --eval FILE or put an \"eval\" list in the context JSON)"
 RECIPES = [Recipe("offline", "offline context distillation: the student learns the teacher's samples (Snell et al.)",
-                  OfflineConfig, ("context", "examples", "prompts", "init_adapter", "eval_qa", "retention"), run)]
+                  OfflineConfig, ("context", "examples", "prompts", "init_adapter", "eval_qa", "retention", "data"),
+                  run)]

@@ -21,23 +21,26 @@ from pathlib import Path
 
 from ctxdistill import CtxDistillError
 from ctxdistill.config import OnpolicyConfig
+from ctxdistill.core.ema import EmaAdapter
 from ctxdistill.core.files import atomic_write_json, load_json
-from ctxdistill.core.generation import MergedCopy, generate
+from ctxdistill.core.generation import MergedCopy, generate, make_backend, resolve_backend
 from ctxdistill.core.losses import DistillLoss, PairBatch, collate_pairs
 from ctxdistill.core.objectives import Objective
 from ctxdistill.core.pairs import Context, assistant_header, build_pair, render_prompt
-from ctxdistill.core.teacher import Teacher, load_teacher_model
+from ctxdistill.core.teacher import (TEACHER_ADAPTER, Teacher, adapter_on, add_teacher_adapter, drop_teacher_adapter,
+                                     load_teacher_model)
 from ctxdistill.core.tracking import end_trackers, log_evaluation
 from ctxdistill.core.training import TrainResult, train
 from ctxdistill.data.inputs import read_context, read_prompts, read_qa, read_qa_items, read_retention
+from ctxdistill.data.per_row import PerRowExample, Templates, read_per_row
 from ctxdistill.data.queries import OTHER_ORIGINS, query_origins
 from ctxdistill.eval.evaluation import evaluate, results_table
 from ctxdistill.eval.reports import planned_note, query_report, write_report
 from ctxdistill.recipes.artifacts import save_trained, sha256_text, write_manifest
 from ctxdistill.recipes.base import Recipe, RunResult
-from ctxdistill.recipes.common import (budget_deadline, check_data_inputs, fingerprint, main_process_writes,
-                                       make_student, model_window, open_run, plan_context_queries,
-                                       train_settings, training_fingerprint_config)
+from ctxdistill.recipes.common import (budget_deadline, check_data_inputs, check_per_row_inputs, fingerprint,
+                                       main_process_writes, make_student, model_window, open_run, per_row_views,
+                                       plan_context_queries, train_settings, training_fingerprint_config)
 
 ARTIFACTS = ["adapter", "manifest.json", "report.md"]
 QUERY_KEYS = ("model", "teacher", "num_queries", "everyday_fraction", "synthesized_fraction", "probes_per_statement",
@@ -47,10 +50,12 @@ NO_TABLE = "(no eval questions: pass --eval FILE or put an \"eval\" list in the 
 
 @dataclass
 class Inputs:
-    context: Context
+    context: Context | None  # the shared --context; None only with --data (each row has its own)
     prompts: list[str] | None  # --prompts, else the context file's own; None: synthesize them
     eval_qa: list[dict] | None
     retention: list[dict]
+    rows: list[PerRowExample] | None = None  # --data: a prompt and a teacher-only context per row
+    data_path: str | None = None
 
 
 @dataclass
@@ -79,6 +84,8 @@ class Setup:
     teacher: Teacher
     objective: Objective
     loss: DistillLoss
+    ema: EmaAdapter | None = None  # teacher_kind=ema: the averaged adapter next to the student's
+    backend: object = None  # generation_backend=llamacpp: llama.cpp samples (docs/generation.md); None: torch
 
 
 @dataclass
@@ -96,7 +103,9 @@ class SampleStats:
 
 
 def read_inputs(cfg: OnpolicyConfig, context: list[str] | None, prompts: str | None, eval_qa: str | None,
-                retention: str | None, columns=None) -> Inputs:
+                retention: str | None, columns=None, data: str | None = None) -> Inputs:
+    if data:
+        return read_per_row_inputs(cfg, context, prompts, eval_qa, retention, columns, data)
     if len(context or []) != 1:
         raise CtxDistillError("The onpolicy recipe takes exactly one --context FILE.")
     data = read_context(context[0])
@@ -108,16 +117,48 @@ def read_inputs(cfg: OnpolicyConfig, context: list[str] | None, prompts: str | N
                   qa, kept)
 
 
+def read_per_row_inputs(cfg: OnpolicyConfig, context: list[str] | None, prompts: str | None, eval_qa: str | None,
+                        retention: str | None, columns, data: str) -> Inputs:
+    """--data rows, each with its teacher-only context; an optional shared --context is added to every teacher
+    view (as context_kind says)."""
+    check_per_row_inputs("onpolicy", list(context or []), prompts, eval_qa)
+    shared = read_context(context[0]) if context else None
+    rows = read_per_row(data, Templates.of(cfg), columns)
+    qa = read_qa(eval_qa, "--eval", columns) if eval_qa else None
+    return Inputs(Context(shared["context"], cfg.context_kind) if shared else None, None, qa,
+                  read_retention(retention, columns), rows, str(data))
+
+
+def context_digests(inputs: Inputs) -> list[str]:
+    """What the teacher's views were made from: the shared context, and the per-row data."""
+    digests = [sha256_text(inputs.context.text)] if inputs.context else []
+    if inputs.rows:
+        digests.append(fingerprint([(r.student, r.teacher) for r in inputs.rows]))
+    return digests
+
+
 def open_models(cfg: OnpolicyConfig, out: Path, resume: bool) -> Models:
-    live = cfg.teacher == "live"  # OnpolicyConfig has checked that a live teacher comes with LoRA
+    # OnpolicyConfig has checked that a live teacher comes with LoRA
+    live = cfg.teacher == "live" or cfg.teacher_kind == "live"
     accelerator, model, tokenizer, base_path = open_run(cfg, out, resume)
     other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device, model) \
         if cfg.teacher and not live else None
     return Models(accelerator, model, tokenizer, base_path, other, live, model_window(model, cfg))
 
 
+def per_row_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models) -> Queries:
+    """--data: one example per row, keyed by its row number (two rows may share a prompt, not a context)."""
+    keys = [f"row {n}" for n in range(1, len(inputs.rows) + 1)]
+    views = per_row_views(models.tokenizer, inputs.rows, inputs.context, cfg.max_new_tokens, models.window,
+                          inputs.data_path)
+    return Queries(keys, {k: teacher for k, (teacher, _) in zip(keys, views)},
+                   {k: student for k, (_, student) in zip(keys, views)}, {"data": len(keys)})
+
+
 def make_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models, out: Path) -> Queries:
     """The training queries (made once, kept in OUT/data for --resume) and both views of each."""
+    if inputs.rows:
+        return per_row_queries(cfg, inputs, models)
     def synthesize():
         if inputs.prompts:
             return [{"prompt": q, "origin": "prompts"} for q in inputs.prompts]
@@ -146,14 +187,37 @@ def set_up(cfg: OnpolicyConfig, models: Models, queries: Queries) -> Setup:
     """Student, sampler and teacher. The context is encoded once for every teacher forward and teacher sample."""
     student = make_student(models.model, cfg)
     sampler = MergedCopy(student) if cfg.finetune == "lora" else None
+    if cfg.teacher_adapter:  # after the sampler's copy: it samples as the student only
+        add_teacher_adapter(student, cfg.teacher_adapter)
+    ema = EmaAdapter(student, cfg.ema_decay) if cfg.teacher_kind == "ema" else None  # after the sampler's copy too
     teacher = Teacher(student, frozen_copy=cfg.finetune == "full" and models.other is None, other=models.other,
-                      live=models.live)
-    if cfg.prefix_cache and not models.live:  # a live teacher's weights change every step: its cache would go stale
+                      live=models.live, adapter=TEACHER_ADAPTER if cfg.teacher_adapter else None, ema=ema)
+    # A live or EMA teacher's weights change every step: a cache of its context would go stale.
+    if cfg.prefix_cache and not models.live and ema is None:
         views = list(queries.teacher_prompts.values())
         teacher.encode_shared_prefix(views, [len(v) for v in views])
     objective = cfg.build_objective()
     return Setup(student, sampler, teacher, objective,
-                 DistillLoss(student, teacher, objective, cfg.chunk_size, cfg.skip_first, amplify=cfg.amplify))
+                 DistillLoss(student, teacher, objective, cfg.chunk_size, cfg.skip_first, amplify=cfg.amplify), ema,
+                 backend=llamacpp_sampler(cfg, models))
+
+
+def llamacpp_sampler(cfg: OnpolicyConfig, models: Models):
+    """generation_backend=llamacpp: the llama.cpp backend that samples the LoRA student (its adapter is handed over
+    before each step's sampling) and the base teacher; None: the torch loop samples everything."""
+    chosen = resolve_backend(cfg.generation_backend, cfg.model, models.accelerator.device)
+    if chosen != "llamacpp" or (cfg.generation_backend == "auto" and cfg.finetune != "lora"):
+        return None
+    if cfg.finetune != "lora":
+        raise CtxDistillError("generation_backend=llamacpp follows a LoRA student (its adapter goes to llama.cpp "
+                              "after each update); with finetune=full set generation_backend=torch.")
+    if (cfg.generate_from_teacher or cfg.offline_fraction > 0) and (
+            cfg.teacher_kind != "base" or cfg.teacher_adapter or models.other is not None):
+        models.accelerator.print("generation_backend=llamacpp: this teacher's samples (a live/EMA teacher, a "
+                                 "teacher adapter or --teacher model) are drawn by the torch loop.")
+    models.accelerator.print(f"Sampling with llama.cpp ({cfg.llamacpp_outtype} GGUF of the base; "
+                             f"generation_backend={cfg.generation_backend}).")
+    return make_backend("llamacpp", models.model, models.tokenizer, base=cfg.model, outtype=cfg.llamacpp_outtype)
 
 
 class SampleCollate:
@@ -179,7 +243,8 @@ class SampleCollate:
         t0, stats = time.time(), self.stats
         # Seeded by the count of samples so far: a step's source and samples do not depend on the training RNG.
         step_rng = random.Random(f"{self.cfg.seed}:{stats.student_samples + stats.teacher_samples}")
-        from_teacher = self.cfg.offline_fraction > 0 and step_rng.random() < self.cfg.offline_fraction
+        from_teacher = self.cfg.generate_from_teacher or (
+            self.cfg.offline_fraction > 0 and step_rng.random() < self.cfg.offline_fraction)
         seed = step_rng.randrange(2**31)
         ys = self._from_teacher(batch_queries, seed) if from_teacher else self._from_student(batch_queries, seed)
         if from_teacher:
@@ -189,21 +254,48 @@ class SampleCollate:
         stats.generation_seconds += time.time() - t0
         return Samples(ys, from_teacher, seed)
 
-    def _generate(self, model, prompts: list[list[int]], seed: int, prefix=None) -> list[list[int]]:
+    def _settings(self, seed: int) -> dict:
         cfg = self.cfg
-        return generate(model, self.models.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
-                        temperature=cfg.sample_temperature, batch_size=cfg.gen_batch_size, show_progress=False,
-                        prefix=prefix, seed=seed)
+        return dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature,
+                    batch_size=cfg.gen_batch_size, show_progress=False, seed=seed)
+
+    def _generate(self, model, prompts: list[list[int]], seed: int, prefix=None) -> list[list[int]]:
+        return generate(model, self.models.tokenizer, prompts, prefix=prefix, **self._settings(seed))
 
     def _from_teacher(self, batch_queries: list[str], seed: int) -> list[list[int]]:
+        if self.cfg.teacher_kind != "base":  # the student's own adapter (live) or its average (ema) is the teacher
+            return self._from_own_teacher([self.queries.teacher_prompts[q] for q in batch_queries], seed)
         other, student = self.models.other, self.setup.student
+        if self.setup.backend is not None and other is None and not self.cfg.teacher_adapter:
+            self.setup.backend.use_lora(None)  # the base weights with the context
+            return self.setup.backend.generate([self.queries.teacher_prompts[q] for q in batch_queries],
+                                               **self._settings(seed))
         # The base model carries the student's LoRA layers in place: switch them off to sample as the teacher.
-        with student.disable_adapter() if self.cfg.finetune == "lora" and other is None else nullcontext():
+        with adapter_on(student) if self.cfg.teacher_adapter else \
+                student.disable_adapter() if self.cfg.finetune == "lora" and other is None else nullcontext():
             return self._generate(other if other is not None else self.models.model,
                                   [self.queries.teacher_prompts[q] for q in batch_queries], seed,
                                   prefix=self.setup.teacher.prefix)
 
+    def _from_own_teacher(self, prompts: list[list[int]], seed: int) -> list[list[int]]:
+        """Samples of the teacher view from the live student (through the merged copy) or the EMA adapter (on the
+        student's own PEFT model: no second copy of the weights)."""
+        sampler, teacher = self.setup.sampler, self.setup.teacher
+        if teacher.ema is None and sampler is not None:
+            return self._generate(sampler.sync(), prompts, seed)
+        with teacher.ema.active() if teacher.ema is not None else nullcontext():
+            was_training = self.setup.student.training
+            self.setup.student.eval()
+            try:
+                return self._generate(self.setup.student, prompts, seed)
+            finally:
+                self.setup.student.train(was_training)
+
     def _from_student(self, batch_queries: list[str], seed: int) -> list[list[int]]:
+        if self.setup.backend is not None:  # llama.cpp, with the student's LoRA as it is after the last update
+            self.setup.backend.use_lora(self.setup.student)
+            return self.setup.backend.generate([self.queries.student_prompts[q] for q in batch_queries],
+                                               **self._settings(seed))
         sampler = self.setup.sampler
         if sampler is not None:
             sampler.sync()
@@ -213,11 +305,14 @@ class SampleCollate:
 
 def train_student(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries: Queries, setup: Setup,
                   collate: SampleCollate, out: Path, resume: bool, t_start: float) -> TrainResult:
-    """One pass over the queries per epoch, fresh samples every step."""
-    key = fingerprint(training_fingerprint_config(cfg), queries.texts, sha256_text(inputs.context.text))
+    """One pass over the queries per epoch, fresh samples every step. An EMA teacher follows the loop: updated after
+    every optimizer step, saved in its checkpoints."""
+    # A shared context alone keeps the digest runs made before --data existed, so their checkpoints still resume.
+    made_from = context_digests(inputs) if inputs.rows else sha256_text(inputs.context.text)
+    key = fingerprint(training_fingerprint_config(cfg), queries.texts, made_from)
     return train(models.accelerator, setup.loss, queries.texts, collate,
                  train_settings(cfg, budget_deadline(cfg, t_start)), out / "checkpoint" / "state.pt",
-                 resume=resume, fingerprint=key)
+                 resume=resume, fingerprint=key, follower=setup.ema)
 
 
 def run_metrics(result: TrainResult, stats: SampleStats, t_eval: float, t_start: float) -> dict:
@@ -233,7 +328,10 @@ def run_metrics(result: TrainResult, stats: SampleStats, t_eval: float, t_start:
 
 def report_lines(cfg: OnpolicyConfig, objective: Objective, result: TrainResult, stats: SampleStats,
                  n_queries: int, t_start: float) -> list[str]:
-    teacher_name = "live student" if cfg.teacher == "live" else (cfg.teacher or "base model, adapter off")
+    teacher_name = "live student" if cfg.teacher == "live" or cfg.teacher_kind == "live" else \
+        f"EMA of the student (decay {cfg.ema_decay})" if cfg.teacher_kind == "ema" else (
+        cfg.teacher or (f"base model + adapter {cfg.teacher_adapter}" if cfg.teacher_adapter
+                        else "base model, adapter off"))
     return [f"- base model: `{cfg.model}`; teacher: {teacher_name}, with the context as {cfg.context_kind}",
             f"- objective: {dict(objective.terms)}, top-k {objective.top_k or 'full vocabulary'} "
             f"({objective.support}, {objective.tail}); offline_fraction {cfg.offline_fraction}",
@@ -251,11 +349,19 @@ def write_artifacts(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries
     """Adapter, the evaluation (LoRA only: it compares the adapter on and off), manifest and report."""
     student = setup.student
     student.eval()
+    teacher_model = models.other
+    if cfg.teacher_adapter:  # the report's teacher row needs the teacher's adapter, the saved folder must not hold it
+        if inputs.eval_qa:
+            with adapter_on(student):
+                teacher_model = MergedCopy(student).model
+        drop_teacher_adapter(student)
+    if setup.ema is not None:  # the adapter folder holds the student only; the EMA stays in OUT/checkpoint
+        setup.ema.remove()
     save_trained(student, models.tokenizer, out, cfg.finetune)
     t_eval = time.time()
     evaluation = evaluate(student, models.tokenizer, inputs.context, inputs.eval_qa, inputs.retention,
-                          cfg.eval_max_new_tokens, teacher_model=models.other) \
-        if inputs.eval_qa and cfg.finetune == "lora" else None
+                          cfg.eval_max_new_tokens, teacher_model=teacher_model) \
+        if inputs.eval_qa and inputs.context and cfg.finetune == "lora" else None
     log_evaluation(models.accelerator, evaluation)
     metrics = run_metrics(result, stats, t_eval, t_start)
     gate_file = out / "data" / "query_gate.json"
@@ -263,7 +369,7 @@ def write_artifacts(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries
     if evaluation:
         metrics["evaluation"] = evaluation
     write_manifest(out, {"recipe": "onpolicy", "base_model": cfg.model, "base_model_path": models.base_path,
-                         "context_sha256": [sha256_text(inputs.context.text)], "context_kind": cfg.context_kind,
+                         "context_sha256": context_digests(inputs), "context_kind": cfg.context_kind,
                          "config": cfg.to_dict(), "data": {"queries": len(set(queries.texts)),
                                                            "query_origins": queries.origins, "query_gate": gates},
                          "metrics": metrics})
@@ -275,15 +381,17 @@ def write_artifacts(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries
 
 def run(cfg: OnpolicyConfig, out: str, resume: bool = False, *, context: list[str] | None = None,
         prompts: str | None = None, eval_qa: str | None = None, retention: str | None = None,
-        columns: dict | None = None) -> RunResult | None:
+        columns: dict | None = None, data: str | None = None) -> RunResult | None:
     """Returns the result on the main process, None on the others. `columns`: the dataset columns of inputs given
-    as datasets, and their split (see data/hf_datasets.py)."""
+    as datasets, and their split (see data/hf_datasets.py). `data`: rows with a teacher-only context each
+    (data/per_row.py), in place of --prompts; --context is then optional."""
     t_start, out_dir = time.time(), Path(out)
-    inputs = read_inputs(cfg, context, prompts, eval_qa, retention, columns)
+    inputs = read_inputs(cfg, context, prompts, eval_qa, retention, columns, data)
     models = open_models(cfg, out_dir, resume)
     if models.accelerator.is_main_process:  # before OUT/data/queries.jsonl is reused
-        check_data_inputs(out_dir, {"context_sha256": [sha256_text(inputs.context.text)], "prompts": inputs.prompts,
-                                    **({} if inputs.prompts else {k: getattr(cfg, k) for k in QUERY_KEYS})})
+        check_data_inputs(out_dir, {"context_sha256": context_digests(inputs), "prompts": inputs.prompts,
+                                    **({} if inputs.prompts or inputs.rows else
+                                       {k: getattr(cfg, k) for k in QUERY_KEYS})})
     queries = make_queries(cfg, inputs, models, out_dir)
     setup = set_up(cfg, models, queries)
     collate = SampleCollate(cfg, models, queries, setup)
@@ -296,4 +404,4 @@ def run(cfg: OnpolicyConfig, out: str, resume: bool = False, *, context: list[st
 
 
 RECIPES = [Recipe("onpolicy", "on-policy context distillation: the student learns from its own samples (OPCD)",
-                  OnpolicyConfig, ("context", "prompts", "eval_qa", "retention"), run)]
+                  OnpolicyConfig, ("context", "prompts", "eval_qa", "retention", "data"), run)]

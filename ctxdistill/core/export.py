@@ -552,6 +552,36 @@ def export_gguf_model(src: Source, arch: str, origin: Path, out: Path, outtype: 
     return write_gguf(out, arch, keep, tensors, outtype)
 
 
+def export_state_dict_gguf(state_dict: dict, config, vocab_from: Path, out: Path, outtype: str) -> Path:
+    """A transformers state dict (llama architecture) as a GGUF model that llama.cpp loads, with the tokenizer
+    (vocabulary, merges, special ids, chat template) copied from the GGUF `vocab_from` and the hyper-parameters
+    from `config`. Unlike --to gguf, the model need not have the shapes of `vocab_from`'s model, only its
+    tokenizer: this is how the generation backend hands the torch model's own weights to llama.cpp."""
+    import gguf
+    from gguf.gguf_writer import GGUFValue
+
+    arch = gguf_arch(config, getattr(config, "_name_or_path", "the model"))
+    try:
+        kvs = read_kvs(gguf.GGUFReader(vocab_from))
+    except (OSError, ValueError) as e:
+        raise CtxDistillError(f"Could not read the tokenizer GGUF file {vocab_from}: {e}.") from e
+    tokens = kvs.get(gguf.Keys.Tokenizer.LIST)
+    if tokens is None or len(tokens.value) != config.vocab_size:
+        raise CtxDistillError(f"{vocab_from} does not hold this model's tokenizer: "
+                              f"{len(tokens.value) if tokens else 0} tokens there, {config.vocab_size} in the model.")
+    keep = {k: v for k, v in kvs.items() if k.startswith("tokenizer.")}
+    name = {gguf.Keys.General.NAME: GGUFValue(str(getattr(config, "_name_or_path", "") or "model"),
+                                              gguf.GGUFValueType.STRING)}
+    return write_gguf(out, arch, {**name, **llama_hparams(config, arch), **keep},
+                      gguf_tensors(state_dict, config, arch), outtype)
+
+
+def export_lora_dir_gguf(adapter_dir: Path, base: str | None, config, out: Path, outtype: str = "f32") -> Path:
+    """A saved PEFT LoRA folder as a GGUF LoRA for the model with transformers `config` (see export_gguf_lora)."""
+    src = Source(Path(adapter_dir), "adapter", base, check_adapter(Path(adapter_dir)))
+    return export_gguf_lora(src, config, gguf_arch(config, str(base)), out, outtype)
+
+
 def check_hparams(kvs: dict, config, arch: str, origin: Path) -> None:
     expected = llama_hparams(config, arch)
     for key in (f"{arch}.{k}" for k in MUST_AGREE):

@@ -1,0 +1,269 @@
+"""Generation backends: the torch loop behind the backend interface, and llama.cpp decoding the same model.
+
+The llama.cpp tests need the optional extra (`pip install 'ctxdistill[llamacpp]'`, or `make test-llamacpp`) and
+are skipped without it. They run on a tiny random Llama with the default model's tokenizer, written as an f32 GGUF
+(f32 KV cache too), so both backends compute the same logits up to the order of the arithmetic and greedy
+completions agree token for token. Its weights are drawn wider than a fresh model's so that greedy completions
+vary from token to token instead of repeating one token.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from conftest import tiny_llama
+from ctxdistill import CtxDistillError
+from ctxdistill.core.generation import TorchBackend, generate, make_backend
+from ctxdistill.core.pairs import render_prompt
+
+needs_llama_cpp = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason="llama-cpp-python is not installed (optional extra 'llamacpp'): `make test-llamacpp` installs it and "
+           "runs these tests")
+
+QUESTIONS = ["Hi there", "What is 2+2?", "Name a colour, please.", "Tell me about the sea and the sky."]
+
+
+def varied_llama(tokenizer):
+    model = tiny_llama(tokenizer)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return varied_llama(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer):
+    return [render_prompt(tokenizer, q) for q in QUESTIONS]
+
+
+@pytest.fixture(scope="module")
+def gguf_file(model, tmp_path_factory):
+    from ctxdistill.core.llamacpp import base_gguf
+    from ctxdistill.core.models import default_gguf_file
+
+    return base_gguf(model, "tiny", "f32", tmp_path_factory.mktemp("gguf") / "tiny-f32.gguf",
+                     vocab_from=default_gguf_file())
+
+
+@pytest.fixture(scope="module")
+def llama(model, tokenizer, gguf_file):
+    from ctxdistill.core.llamacpp import LlamaCppBackend
+
+    backend = LlamaCppBackend.for_model(model, tokenizer, "tiny", "f32", gguf_file=gguf_file)
+    yield backend
+    backend.close()
+
+
+def torch_greedy(model, tokenizer, prompts, **settings):
+    return generate(model, tokenizer, prompts, temperature=0.0, show_progress=False, **settings)
+
+
+# ------------------------------------------------------------------------------------- the interface, torch only
+
+def test_the_torch_backend_is_the_decode_loop_behind_the_interface(model, tokenizer, prompts):
+    backend = make_backend("torch", model, tokenizer)
+    assert isinstance(backend, TorchBackend) and backend.name == "torch"
+    settings = dict(max_new_tokens=10, temperature=1.0, seed=5, min_new_tokens=3, show_progress=False)
+    assert backend.generate(prompts, **settings) == generate(model, tokenizer, prompts, **settings)
+    other = varied_llama(tokenizer).requires_grad_(False)
+    with torch.no_grad():
+        other.lm_head.weight.mul_(-1)  # tied to the embeddings: a different model
+    assert backend.generate(prompts, model=other, **settings) == generate(other, tokenizer, prompts, **settings)
+    backend.use_lora(None)  # a no-op: the torch loop samples whatever model it is given
+
+
+def test_an_unknown_backend_is_refused_with_the_choices(model, tokenizer):
+    with pytest.raises(CtxDistillError, match="torch or llamacpp"):
+        make_backend("vllm", model, tokenizer)
+
+
+def test_the_llamacpp_backend_needs_a_gguf_tokenizer_for_a_transformers_folder(model, tokenizer, tmp_path):
+    pytest.importorskip("gguf")
+    from ctxdistill.core.llamacpp import base_gguf
+
+    with pytest.raises(CtxDistillError, match="generation_backend: torch"):
+        base_gguf(model, str(tmp_path), "f16", tmp_path / "x.gguf")
+
+
+# ----------------------------------------------------------------------------------------------------- llama.cpp
+
+@needs_llama_cpp
+def test_greedy_completions_agree_with_the_torch_loop(llama, model, tokenizer, prompts):
+    expected = torch_greedy(model, tokenizer, prompts, max_new_tokens=16)
+    assert llama.generate(prompts, max_new_tokens=16, temperature=0.0, show_progress=False) == expected
+    # several batches, sorted by length like the torch loop, come back in the prompts' order
+    assert llama.generate(prompts, max_new_tokens=16, temperature=0.0, batch_size=3, show_progress=False) == expected
+
+
+@needs_llama_cpp
+def test_a_seed_reproduces_the_samples_and_another_seed_changes_them(llama, prompts):
+    settings = dict(max_new_tokens=12, temperature=1.0, show_progress=False)
+    first = llama.generate(prompts, seed=7, **settings)
+    assert llama.generate(prompts, seed=7, **settings) == first
+    assert llama.generate(prompts, seed=8, **settings) != first
+    assert all(len(y) == 12 for y in first)
+
+
+@needs_llama_cpp
+def test_a_stop_token_ends_the_completion_and_min_new_tokens_holds_it_off(model, tokenizer, prompts, gguf_file):
+    from ctxdistill.core.llamacpp import LlamaCppBackend
+
+    greedy = torch_greedy(model, tokenizer, prompts[:1], max_new_tokens=8)[0]
+    stop = greedy[2]  # the third greedy token: llama.cpp must stop right after it
+    llama = LlamaCppBackend(gguf_file, [stop], model.config, kv_f32=True)
+    try:
+        out = llama.generate(prompts[:1], max_new_tokens=8, temperature=0.0, show_progress=False)[0]
+        assert out == greedy[:3]
+        held = llama.generate(prompts[:1], max_new_tokens=8, temperature=0.0, min_new_tokens=6,
+                              show_progress=False)[0]
+        assert len(held) >= 6 and stop not in held[:6] and held[:2] == greedy[:2]
+    finally:
+        llama.close()
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = stop
+    try:  # the torch loop, told the same stop token, agrees
+        assert torch_greedy(model, tokenizer, prompts[:1], max_new_tokens=8)[0] == out
+        assert torch_greedy(model, tokenizer, prompts[:1], max_new_tokens=8, min_new_tokens=6)[0] == held
+    finally:
+        model.generation_config.eos_token_id = saved
+
+
+@needs_llama_cpp
+def test_context_amplified_greedy_agrees_with_the_torch_loop(llama, model, tokenizer):
+    from ctxdistill.core.pairs import Context
+
+    context = Context("You are Pip, who lives in a lighthouse.", "system")
+    with_context = [render_prompt(tokenizer, q, context) for q in QUESTIONS]
+    without = [render_prompt(tokenizer, q) for q in QUESTIONS]
+    settings = dict(max_new_tokens=10, contrast=without, alpha=1.0)
+    expected = torch_greedy(model, tokenizer, with_context, **settings)
+    assert expected != torch_greedy(model, tokenizer, with_context, max_new_tokens=10)  # amplification matters
+    assert llama.generate(with_context, temperature=0.0, show_progress=False, **settings) == expected
+
+
+@needs_llama_cpp
+def test_the_students_lora_swapped_in_gives_the_torch_adapters_greedy_output(llama, tokenizer, prompts):
+    from ctxdistill.core.models import add_lora
+
+    student = add_lora(varied_llama(tokenizer), r=4, alpha=8)
+    torch.manual_seed(3)
+    for step in range(2):  # an "update", then another: each swap follows the adapter's current weights
+        with torch.no_grad():
+            for name, p in student.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.2)
+        student.eval()
+        expected = torch_greedy(student, tokenizer, prompts, max_new_tokens=12)
+        with student.disable_adapter():
+            assert expected != torch_greedy(student, tokenizer, prompts, max_new_tokens=12)
+        llama.use_lora(student)
+        assert llama.generate(prompts, max_new_tokens=12, temperature=0.0, show_progress=False) == expected
+    llama.use_lora(None)  # back to the base weights
+    assert llama.generate(prompts, max_new_tokens=12, temperature=0.0, show_progress=False) == \
+        torch_greedy(varied_llama(tokenizer), tokenizer, prompts, max_new_tokens=12)
+
+
+# ------------------------------------------------------------------------------------------------ in the recipes
+
+@pytest.fixture(scope="module")
+def varied_model_dir(model, tokenizer, tmp_path_factory):
+    path = tmp_path_factory.mktemp("varied-model")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@needs_llama_cpp
+def test_onpolicy_samples_the_current_student_and_the_teacher_through_llama_cpp(
+        varied_model_dir, persona_files, tmp_path, monkeypatch, tokenizer):
+    from ctxdistill.config import OnpolicyConfig
+    from ctxdistill.core.llamacpp import base_gguf
+    from ctxdistill.core.models import default_gguf_file, load_model
+    from ctxdistill.recipes import onpolicy
+
+    monkeypatch.setenv("CTXDISTILL_CACHE", str(tmp_path / "cache"))
+    # A transformers folder has no GGUF to copy a tokenizer from: put its base GGUF where the run looks first,
+    # with the default model's tokenizer, which it uses (a 'default' or .gguf --model needs no such step).
+    base_gguf(load_model(str(varied_model_dir), "float32", "cpu")[0], str(varied_model_dir), "f32",
+              vocab_from=default_gguf_file())
+    cfg = OnpolicyConfig(model=str(varied_model_dir), dtype="float32", max_new_tokens=8, top_k=16, batch_size=4,
+                         micro_batch_size=2, sample_temperature=0.0, offline_fraction=0.5,
+                         generation_backend="llamacpp", llamacpp_outtype="f32")
+    inputs = onpolicy.read_inputs(cfg, [str(persona_files["context"])], str(persona_files["prompts"]), None, None)
+    models = onpolicy.open_models(cfg, tmp_path / "run", resume=False)
+    queries = onpolicy.make_queries(cfg, inputs, models, tmp_path / "run")
+    setup = onpolicy.set_up(cfg, models, queries)
+    collate = onpolicy.SampleCollate(cfg, models, queries, setup)
+    assert setup.backend.name == "llamacpp"
+    sources = set()
+    for step in range(6):  # an update before each step: every student step samples the student as it is now
+        with torch.no_grad():
+            for name, p in setup.student.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0.0, 0.3)
+        samples = collate.sample(queries.texts)
+        setup.student.eval()
+        if samples.from_teacher:  # the base model with the context
+            with setup.student.disable_adapter():
+                expected = torch_greedy(setup.student, tokenizer,
+                                        [queries.teacher_prompts[q] for q in queries.texts], max_new_tokens=8)
+        else:
+            expected = torch_greedy(setup.student, tokenizer, [queries.student_prompts[q] for q in queries.texts],
+                                    max_new_tokens=8)
+        assert samples.completions == expected
+        sources.add(samples.from_teacher)
+    assert sources == {True, False}
+
+
+@needs_llama_cpp
+def test_knowledge_data_is_sampled_through_the_backend_it_is_given(llama, model, tokenizer):
+    from ctxdistill.core.pairs import Context
+    from ctxdistill.data.chunks import Chunk
+    from ctxdistill.data.synthetic import SynthSettings, synthesize_chunk
+
+    chunk = Chunk("doc", 0, "Glimmerfen is a marsh town founded by Ada Reed in 1802. It is known for its lanterns.")
+    settings = SynthSettings(("Summarize the document.",), 1, "Ask a question about the document.", 0, 0, 0.0, 12, 0)
+    rows = synthesize_chunk(model, tokenizer, chunk, settings, backend=llama)
+    expected = torch_greedy(model, tokenizer, [render_prompt(tokenizer, "Summarize the document.",
+                                                             Context(chunk.text, "document"))], max_new_tokens=12)
+    assert [row["completion_ids"] for row in rows] == expected
+
+
+def test_offline_keeps_a_teacher_llama_cpp_cannot_hold_on_the_torch_loop_and_says_so(model, tokenizer):
+    from types import SimpleNamespace
+
+    from ctxdistill.config import OfflineConfig
+    from ctxdistill.recipes.offline import teacher_backend
+
+    printed = []
+    other = tiny_llama(tokenizer, seed=1)
+    run = SimpleNamespace(cfg=OfflineConfig(generation_backend="llamacpp"), other=other, init_adapter=None,
+                          model=model, tokenizer=tokenizer, sampler=other,
+                          accelerator=SimpleNamespace(print=printed.append, device=torch.device("cpu")))
+    backend = teacher_backend(run)
+    assert backend.name == "torch" and backend.model is other
+    assert len(printed) == 1 and "torch loop" in printed[0]
+
+
+def test_auto_picks_llama_cpp_only_where_it_can_sample_the_model(monkeypatch, tmp_path):
+    from ctxdistill.core import generation
+
+    monkeypatch.setattr(generation, "llamacpp_installed", lambda: True)
+    gguf = str(tmp_path / "model.gguf")
+    assert generation.resolve_backend("auto", gguf, "cpu") == "llamacpp"
+    assert generation.resolve_backend("auto", str(tmp_path / "hf-folder"), "cpu") == "torch"  # no GGUF to copy from
+    assert generation.resolve_backend("auto", gguf, "cuda") == "torch"  # on a GPU the torch loop runs
+    assert generation.resolve_backend("torch", gguf, "cpu") == "torch"  # an explicit choice stands
+    monkeypatch.setattr(generation, "llamacpp_installed", lambda: False)
+    assert generation.resolve_backend("auto", gguf, "cpu") == "torch"
