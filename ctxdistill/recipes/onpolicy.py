@@ -186,7 +186,10 @@ def make_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models, out: Path)
 def set_up(cfg: OnpolicyConfig, models: Models, queries: Queries) -> Setup:
     """Student, sampler and teacher. The context is encoded once for every teacher forward and teacher sample."""
     student = make_student(models.model, cfg)
-    sampler = MergedCopy(student) if cfg.finetune == "lora" else None
+    backend = llamacpp_sampler(cfg, models)
+    # The merged copy samples the LoRA student on the torch loop; with llama.cpp only a live teacher still needs it.
+    sampler = MergedCopy(student) if cfg.finetune == "lora" and (backend is None or models.live) \
+        else None
     if cfg.teacher_adapter:  # after the sampler's copy: it samples as the student only
         add_teacher_adapter(student, cfg.teacher_adapter)
     ema = EmaAdapter(student, cfg.ema_decay) if cfg.teacher_kind == "ema" else None  # after the sampler's copy too
@@ -199,7 +202,7 @@ def set_up(cfg: OnpolicyConfig, models: Models, queries: Queries) -> Setup:
     objective = cfg.build_objective()
     return Setup(student, sampler, teacher, objective,
                  DistillLoss(student, teacher, objective, cfg.chunk_size, cfg.skip_first, amplify=cfg.amplify), ema,
-                 backend=llamacpp_sampler(cfg, models))
+                 backend=backend)
 
 
 def llamacpp_sampler(cfg: OnpolicyConfig, models: Models):
