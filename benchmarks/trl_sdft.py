@@ -1,26 +1,31 @@
 """Throughput and peak memory of TRL's `SDFTTrainer` (trl 1.16, `trl.experimental.sdft`) on CPU.
 
-The TRL side of the comparison: on-policy self-distillation with a privileged context (a document). Each optimizer
-step samples 8 completions of exactly 96 tokens, runs the teacher (base weights, LoRA adapter disabled) on
-document + question + completion and the student (LoRA r=16 on all linear layers) on question + completion, and
-backpropagates TRL's default SDFT loss (top-100 generalized JSD, alpha=0.5, on the student's top-k support).
+The TRL side of the comparison: on-policy self-distillation with a privileged context. Each optimizer step samples
+8 completions of exactly 96 tokens, runs the teacher (base weights, LoRA adapter disabled) on privileged context +
+question + completion and the student (LoRA r=16 on all linear layers) on question + completion, and backpropagates
+TRL's default SDFT loss (top-100 generalized JSD, alpha=0.5, on the student's top-k support). Two datasets:
+- `--contexts shared`: one 129-token document is every row's privileged context (placed before the question);
+- `--contexts per-row`: 16 rows, each with a fictional document of its own (about 60 to 200 tokens) and a question
+  about it, in TRL's columns `prompt` / `privileged_context` and TRL's default teacher template, read in order (so
+  the ctxdistill side, benchmarks/vs_trl.py, can feed each step the same rows).
 
 Needs `pip install "trl==1.16.*"` in the venv (it leaves torch/transformers/peft/accelerate as they are). Run it in a
 fresh process so that the peak RSS is TRL's alone:
 
-    python benchmarks/trl_sdft.py --steps 3 [--generate-from-teacher] [--json-out OUT.json]
+    python benchmarks/trl_sdft.py --steps 3 [--contexts shared|per-row] [--generate-from-teacher] [--json-out OUT.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import random
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 # A fictional document of 129 tokens (SmolLM2 tokenizer) and 16 short questions about it.
 DOCUMENT = (
@@ -50,11 +55,104 @@ QUESTIONS = [
     "What is Veldmarsh known for?",
 ]
 
+# The per-row job: invented places, each with a document of its own of 4 to 12 facts (about 60 to 200 tokens) and one
+# question about one of them. Written for this benchmark; every value comes from a generator seeded by the row's
+# number, so every run (and both sides) sees the same rows.
+PER_ROW_COUNT = 16
+PLACES = ["Orlenby", "Quessa Ford", "Marrowick", "Tallow Reach", "Venhollow", "Brisk Harbour", "Idris Mere",
+          "Cobble Deep", "Saltremy", "Wendle Cross", "Ferrowgate", "Lunmoor", "Pellacre", "Thistlebrook", "Ambergill",
+          "Rookhaven"]
+PLACE_KINDS = ["mountain village", "river port", "island town", "mining town", "market town", "fishing village",
+               "canal town", "hill fort"]
+FACTS = [  # (sentence of the document, question it answers)
+    ("{place} was founded in {year} by {founders}.", "When was {place} founded?"),
+    ("It has {people} residents.", "How many people live in {place}?"),
+    ("Its emblem is a {color} {animal} painted on the {building}.", "What is the emblem of {place}?"),
+    ("Every {month} the town holds the {festival}, when {count} lanterns are carried to the {building}.",
+     "What festival does {place} hold in {month}?"),
+    ("The mayor is {person}, a former {trade} elected in {elected}.", "Who is the mayor of {place}?"),
+    ("The local dish is {dish}.", "What is the local dish of {place}?"),
+    ("The {bridge} bridge has {arches} arches and was rebuilt after a {disaster} in {rebuilt}.",
+     "How many arches does the {bridge} bridge have?"),
+    ("Children attend {school}, which has {pupils} pupils.", "Which school do children in {place} attend?"),
+    ("The nearest city is {city}, {distance} kilometres to the {direction}.", "What is the nearest city to {place}?"),
+    ("Its main trade is {goods}, sold mostly in {city}.", "What is the main trade of {place}?"),
+    ("The oldest building is the {oldest}, built in {oldest_year} from {material}.",
+     "What is the oldest building in {place}?"),
+    ("Visitors are told never to {taboo} on the {building} steps.", "What must visitors never do in {place}?"),
+]
+FACT_WORDS = {
+    "founders": ["rope-makers", "salt traders", "two exiled monks", "a guild of glassblowers", "shepherds"],
+    "color": ["copper", "blue", "white", "green", "golden", "black"],
+    "animal": ["heron", "fox", "owl", "stag", "carp", "wren", "badger"],
+    "building": ["ferry house", "town hall", "old mill", "granary", "lighthouse", "bell tower"],
+    "month": ["March", "May", "July", "September", "October", "December"],
+    "festival": ["Lantern Regatta", "Ash Fair", "Night of Bells", "Harvest Walk", "Feast of Nets", "Kite Day"],
+    "person": ["Ilse Corvane", "Tobias Wren", "Maren Holt", "Ansel Fiske", "Petra Lund", "Oskar Vale"],
+    "trade": ["beekeeper", "ferryman", "teacher", "blacksmith", "midwife", "clockmaker"],
+    "dish": ["smoked eel", "barley stew with plums", "fried river trout", "onion tart", "rye dumplings"],
+    "bridge": ["Grey Span", "Old Ninearch", "Miller's Way", "Swan Crossing", "Red Bow"],
+    "disaster": ["flood", "fire", "storm", "landslide"],
+    "school": ["Hollin School", "the Quay School", "St Brannoc's", "the Hill Academy"],
+    "city": ["Carrowmere", "Istrel", "Dunmarrow", "Pellinor", "Saskbridge"],
+    "direction": ["north", "south", "east", "west"],
+    "goods": ["wool", "slate", "salted fish", "cider", "rope", "glass beads"],
+    "oldest": ["chapel of St Orr", "toll house", "watchtower", "tithe barn", "customs hall"],
+    "material": ["grey granite", "red brick", "oak beams", "river stone"],
+    "taboo": ["whistle", "sit down", "count the stairs", "wear green", "eat bread"],
+}
+
+
+def place_document(row: int) -> tuple[str, str]:
+    """(document, question) of one invented place: 4 + (7 * row) % 9 facts, so neighbouring rows differ in length."""
+    rng = random.Random(f"vs_trl per-row {row}")
+    place = PLACES[row % len(PLACES)]
+    values = {key: rng.choice(words) for key, words in FACT_WORDS.items()}
+    values.update(place=place, year=rng.randrange(1400, 1900), people=f"{rng.randrange(300, 20000):,}",
+                  count=rng.randrange(20, 500), elected=rng.randrange(2005, 2025), arches=rng.randrange(2, 14),
+                  rebuilt=rng.randrange(1800, 1990), pupils=rng.randrange(40, 900), distance=rng.randrange(5, 90),
+                  oldest_year=rng.randrange(1100, 1700))
+    n_facts = 4 + (7 * row) % 9
+    chosen = sorted(rng.sample(range(len(FACTS)), n_facts))
+    document = f"{place} is an invented {rng.choice(PLACE_KINDS)}. " + " ".join(
+        FACTS[f][0].format(**values) for f in chosen)
+    return document, FACTS[chosen[rng.randrange(n_facts)]][1].format(**values)
+
+
+def per_row_dataset(n: int = PER_ROW_COUNT) -> list[dict]:
+    """TRL SDFT rows, each with a privileged context of its own: {"prompt": chat messages, "privileged_context"}."""
+    rows = []
+    for row in range(n):
+        document, question = place_document(row)
+        rows.append({"prompt": [{"role": "user", "content": question}], "privileged_context": document})
+    return rows
+
+
+def shared_dataset(document: str, questions: list[str]) -> list[dict]:
+    """TRL SDFT rows that all carry the same privileged context."""
+    return [{"prompt": [{"role": "user", "content": q}], "privileged_context": document} for q in questions]
+
 
 def run_trl(
     model_path: str,
     document: str,
     prompts: list[str],
+    steps: int,
+    generate_from_teacher: bool,
+    out_dir: str,
+    *,
+    teacher_prompt_template: str = "{privileged_context}\n\n{prompt}",
+    **settings,
+) -> dict:
+    """The shared-context job: every row's privileged context is `document`, placed before the question (as the
+    ctxdistill side's "prefix" context); rows drawn shuffled. `settings` are run_trl_rows' keywords."""
+    return run_trl_rows(model_path, shared_dataset(document, prompts), steps, generate_from_teacher, out_dir,
+                        teacher_prompt_template=teacher_prompt_template, shuffle=True, **settings)
+
+
+def run_trl_rows(
+    model_path: str,
+    rows: list[dict],
     steps: int,
     generate_from_teacher: bool,
     out_dir: str,
@@ -67,10 +165,15 @@ def run_trl(
     lora_alpha: int = 32,
     learning_rate: float = 2e-3,
     gradient_checkpointing: bool = False,
-    teacher_prompt_template: str = "{privileged_context}\n\n{prompt}",
+    teacher_prompt_template: str | None = None,
+    shuffle: bool = False,
     seed: int = 0,
 ) -> dict:
     """Run `steps` optimizer steps of SDFTTrainer on CPU in fp32 and return its throughput and peak RSS.
+
+    `rows` is the dataset as SDFTTrainer takes it: {"prompt", "privileged_context"} per row. The teacher's prompt is
+    `teacher_prompt_template` (None: TRL's default). Without `shuffle` the rows are read in order, step s taking rows
+    s*batch_size ... (mod len(rows)), as the ctxdistill side does.
 
     One optimizer step = one generation batch of `batch_size` completions (`per_device_train_batch_size=batch_size`,
     `gradient_accumulation_steps=1`, so `steps_per_generation=1` and `generation_batch_size=batch_size`): sample the
@@ -124,9 +227,8 @@ def run_trl(
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left", truncation_side="left")
-    dataset = Dataset.from_list(
-        [{"prompt": [{"role": "user", "content": q}], "privileged_context": document} for q in prompts]
-    )
+    dataset = Dataset.from_list(rows)
+    template = {} if teacher_prompt_template is None else {"teacher_prompt_template": teacher_prompt_template}
 
     generation_kwargs = {"min_new_tokens": completion_tokens} if force_full_length else None
     config = SDFTConfig(
@@ -139,7 +241,7 @@ def run_trl(
         generation_kwargs=generation_kwargs,  # min_new_tokens: EOS is masked until 96 tokens, so every row is full
         temperature=1.0,
         generate_from_teacher=generate_from_teacher,
-        teacher_prompt_template=teacher_prompt_template,
+        **template,
         teacher_model_kind="base",  # teacher = same weights with the LoRA adapter disabled
         distillation_mode="topk_logits",  # TRL's SDFT default
         distillation_topk=100,
@@ -159,7 +261,7 @@ def run_trl(
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
-        shuffle_dataset=True,
+        shuffle_dataset=shuffle,
         seed=seed,
         dataloader_num_workers=0,
     )
@@ -198,6 +300,8 @@ def run_trl(
         "losses": losses,
         "steps": steps,
         "generate_from_teacher": generate_from_teacher,
+        "rows": len(rows),
+        "teacher_prompt_template": trainer.args.teacher_prompt_template,
         "batch_size": batch_size,
         "num_generations": num_generations,
         "max_completion_length": completion_tokens,
@@ -223,6 +327,8 @@ def main():
         action="store_true",
         help="sample completions from the document-conditioned prompt (TRL: generate_from_teacher=True)",
     )
+    p.add_argument("--contexts", choices=["shared", "per-row"], default="shared",
+                   help="one document for every row, or a document of its own per row (TRL's default template)")
     p.add_argument("--json-out", default="")
     p.add_argument("--model", default="", help="model directory (default: `ctxdistill model-path default`)")
     p.add_argument("--out-dir", default="", help="Trainer output_dir (default: a temporary directory)")
@@ -231,22 +337,21 @@ def main():
     a = p.parse_args()
 
     model_path = a.model or _default_model_path()
+    settings = dict(force_full_length=not a.no_force_length, gradient_checkpointing=a.gradient_checkpointing)
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_trl(
-            model_path,
-            DOCUMENT,
-            QUESTIONS,
-            a.steps,
-            a.generate_from_teacher,
-            a.out_dir or tmp,
-            force_full_length=not a.no_force_length,
-        )
+        if a.contexts == "shared":
+            result = run_trl(model_path, DOCUMENT, QUESTIONS, a.steps, a.generate_from_teacher, a.out_dir or tmp,
+                             **settings)
+        else:
+            result = run_trl_rows(model_path, per_row_dataset(), a.steps, a.generate_from_teacher, a.out_dir or tmp,
+                                  **settings)
+    result["contexts"] = a.contexts
     text = json.dumps(result, indent=2)
     print(text)
     if a.json_out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json_out)), exist_ok=True)
-        with open(a.json_out, "w") as f:
-            f.write(text + "\n")
+        from ctxdistill.core.files import atomic_write_text  # creates the folder, never leaves a half-written file
+
+        atomic_write_text(Path(a.json_out), text + "\n")
 
 
 if __name__ == "__main__":

@@ -221,13 +221,29 @@ def _cmd_eval(args) -> None:
     qa = read_qa(args.qa, "--qa", _columns(args))
     retention = read_qa(args.retention, "--retention", _columns(args)) if args.retention else None
     model, tok = _load_with_adapters(args.model, args.adapter)
-    result = evaluate(model, tok, Context(context["context"], args.context_kind), qa, retention, args.max_new_tokens)
+    backend = _eval_engine(args, model, tok)
+    try:
+        result = evaluate(model, tok, Context(context["context"], args.context_kind), qa, retention,
+                          args.max_new_tokens, backend=backend)
+    finally:
+        if backend is not None:
+            backend.close()
     table = results_table(result)
     print(table)
     if args.out:
         atomic_write_json(args.out + ".json", result)
         atomic_write_text(args.out + ".md", table + "\n")
         print(f"\nWritten {args.out}.md and {args.out}.json")
+
+
+def _eval_engine(args, model, tok):
+    """--generation-backend: llama.cpp for the answers where it resolves to it (a GGUF-based base on the CPU, the
+    extra installed); None: the torch loop. The result's eval_backend says which answered each row."""
+    from ctxdistill.core.generation import chosen_engine
+    from ctxdistill.recipes.module_library import base_of
+
+    return chosen_engine(args.generation_backend, model, tok, base=base_of(args.adapter, args.model),
+                         device=next(model.parameters()).device, outtype=args.llamacpp_outtype)
 
 
 def _eval_knowledge(args) -> None:
@@ -426,6 +442,11 @@ def _add_eval(sub) -> None:
     e.add_argument("--model", default=None, help="base model (default: the adapter's base_model_name_or_path)")
     e.add_argument("--context-kind", default="system", choices=["system", "prefix", "document"])
     e.add_argument("--max-new-tokens", type=_whole_number(1), default=48)
+    e.add_argument("--generation-backend", default="auto", choices=["auto", "torch", "llamacpp"],
+                   help="--context: who decodes the answers (docs/generation.md); auto: llamacpp when installed, on "
+                        "CPU, for a GGUF-based model")
+    e.add_argument("--llamacpp-outtype", default="f16", choices=["f32", "f16", "bf16"],
+                   help="--generation-backend llamacpp: the weights' GGUF type (f32: the exact mode)")
     e.add_argument("--out", default=None,
                    help="write OUT.md (table) and OUT.json (answers); with --docs a folder: report.md/.png, eval.json")
     _add_column_flags(e, ("text", "id", "question", "answer"))

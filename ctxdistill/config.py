@@ -367,7 +367,8 @@ class OfflineConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection
 
 
 class OnpolicyConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection, TeacherSection, PerRowSection,
-                     PerRowTemplatesSection, QuerySection, GenerationSection, EvalSection, TrackingSection):
+                     PerRowTemplatesSection, QuerySection, GenerationSection, AnchorSection, EvalSection,
+                     TrackingSection):
     """onpolicy: the student samples without the context, the teacher scores the same ids with it"""
     objective: Union[str, dict] = doc(
         {"reverse_kl": 1.0, "forward_kl": 1.0}, "on the student's samples: reverse KL (the paper) plus forward KL, "
@@ -387,6 +388,9 @@ class OnpolicyConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSectio
                                     "the teacher as is")
     probe_repeats: Positive = doc(8, "each given prompt or probe of a statement is drawn this many times as often as an "
                                      "everyday or model-written query")
+    anchor_fraction: Optional[NonNegative] = doc(
+        None, "anchor queries per training query: general requests on which the student is held to the base "
+              "without the context (retention). Unset: 0.1 for a context, 0 for --data rows (as TRL's SDFT); 0: none")
     lr: NonNegative = 2e-3
     warmup_ratio: Share = 0.05
 
@@ -395,6 +399,9 @@ class OnpolicyConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSectio
         if self.teacher == "live" and self.finetune != "lora":
             raise ValueError("teacher=live reads the context with the student's current weights; it needs "
                              "finetune=lora (a full fine-tune would score with the weights it is updating).")
+        if (self.anchor_fraction or 0) > 0 and self.hidden_weight > 0:
+            raise ValueError("anchors hold the final rows to the base; the hidden-state term has no base rows to "
+                             "compare with. Set anchor_fraction=0 or hidden_weight=0.")
         return self
 
 
@@ -402,6 +409,8 @@ class ExperienceConfig(OnpolicyConfig):
     """experience: solve tasks, write notes from the traces, keep the best, consolidate them on-policy"""
     amplify: NonNegative = doc(0.0, "α of context-amplified targets in the consolidation (measured on personas, "
                                     "not on notes: off by default)")
+    anchor_fraction: NonNegative = doc(0.0, "retention anchors in the consolidation (measured on personas, not on "
+                                            "notes: off by default)")
     # The consolidation was measured with the on-policy settings of the OPCD paper; they stay its defaults.
     objective: Union[str, dict] = "reverse_kl"
     top_k_support: Literal["teacher", "student", "union"] = "student"
@@ -472,6 +481,9 @@ class SftConfig(ModelSection, TrainedSection, LossSection, OptimSection, EvalSec
     """sft: supervised fine-tuning on input/output pairs or chats; the loss is on the answers (assistant turns) only"""
     max_seq_len: Count = doc(0, "0: the model's window; a longer example is refused")
     eval_max_new_tokens: Positive = doc(64, "--eval: tokens generated per answer (exact match needs the whole answer)")
+    generation_backend: Literal["auto", "torch", "llamacpp"] = doc(
+        "auto", "who decodes the --eval answers: torch | llamacpp | auto (docs/generation.md); LoRA runs only")
+    llamacpp_outtype: Literal["f32", "f16", "bf16"] = doc("f16", "generation_backend=llamacpp: the weights' GGUF type")
 
 
 class KnowledgeConfig(ModelSection, TrainedSection, ObjectiveSection, OptimSection, GenerationSection,

@@ -10,6 +10,7 @@ vary from token to token instead of repeating one token.
 from __future__ import annotations
 
 import importlib.util
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -267,3 +268,192 @@ def test_auto_picks_llama_cpp_only_where_it_can_sample_the_model(monkeypatch, tm
     assert generation.resolve_backend("torch", gguf, "cpu") == "torch"  # an explicit choice stands
     monkeypatch.setattr(generation, "llamacpp_installed", lambda: False)
     assert generation.resolve_backend("auto", gguf, "cpu") == "torch"
+
+
+# ------------------------------------------------------- evaluation, anchors and query synthesis through a backend
+
+EVAL_QA = [{"q": q, "a": ["sea"]} for q in QUESTIONS[:3]]
+RETENTION = [{"q": QUESTIONS[3], "a": ["sky"]}]
+PIP = "You are Pip, who lives in a lighthouse."
+
+
+def lora_student(tokenizer):
+    """The varied model (the `llama` fixture's base weights) with a LoRA that changes its greedy answers."""
+    from ctxdistill.core.models import add_lora
+
+    student = add_lora(varied_llama(tokenizer), r=4, alpha=8)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    return student.eval()
+
+
+class EngineOnTorch:
+    """A stand-in for an engine such as llama.cpp, on the torch loop: it samples the base weights, or the LoRA
+    handed over with use_lora, and records each call (the weights it sampled, the number of prompts)."""
+
+    name = "engine"
+
+    def __init__(self, student, tokenizer):
+        self.student, self.tokenizer, self.lora, self.calls = student, tokenizer, None, []
+
+    def use_lora(self, peft_model):
+        self.lora = peft_model
+
+    def generate(self, prompts, **settings):
+        self.calls.append(("lora" if self.lora is not None else "base", len(prompts)))
+        with self.student.disable_adapter() if self.lora is None else nullcontext():
+            return generate(self.student, self.tokenizer, prompts, **settings)
+
+    def close(self):
+        pass
+
+
+class Recording:
+    """A backend that passes every call on to `backend` and keeps the prompts it was asked to complete."""
+
+    def __init__(self, backend):
+        self.backend, self.name, self.prompts = backend, backend.name, []
+
+    def generate(self, prompts, **settings):
+        self.prompts += prompts
+        return self.backend.generate(prompts, **settings)
+
+
+def test_evaluation_answers_each_row_through_the_backend_it_is_given(tokenizer):
+    from ctxdistill.core.pairs import Context
+    from ctxdistill.eval.evaluation import evaluate
+
+    student = lora_student(tokenizer)
+    engine = EngineOnTorch(student, tokenizer)
+    on_torch = evaluate(student, tokenizer, Context(PIP, "system"), EVAL_QA, RETENTION, max_new_tokens=8)
+    got = evaluate(student, tokenizer, Context(PIP, "system"), EVAL_QA, RETENTION, max_new_tokens=8, backend=engine)
+    assert on_torch["answers"]["student"] != on_torch["answers"]["base"]  # the student's LoRA has to be handed over
+    assert got["answers"] == on_torch["answers"] and got["retention"]["answers"] == on_torch["retention"]["answers"]
+    assert got["kl_to_teacher"] == on_torch["kl_to_teacher"]  # the same completions, scored by torch
+    # teacher (the base with the context), base, student; then the retention questions: base, student
+    assert engine.calls == [("base", 3), ("base", 3), ("lora", 3), ("base", 1), ("lora", 1)]
+    assert on_torch["eval_backend"] == {"base": "torch", "teacher": "torch", "student": "torch"}
+    assert got["eval_backend"] == {"base": "engine", "teacher": "engine", "student": "engine"}
+
+
+def test_rows_an_engine_cannot_hold_are_answered_by_the_torch_loop_and_named(tokenizer, capsys):
+    from ctxdistill.core.pairs import Context
+    from ctxdistill.eval.evaluation import evaluate, row_backends
+
+    student = lora_student(tokenizer)
+    engine = EngineOnTorch(student, tokenizer)
+    other = tiny_llama(tokenizer, seed=1)  # a teacher model of its own
+    got = evaluate(student, tokenizer, Context(PIP, "system"), EVAL_QA, max_new_tokens=4, teacher_model=other,
+                   backend=engine)
+    assert got["eval_backend"] == {"base": "engine", "teacher": "torch", "student": "engine"}
+    assert "teacher (a teacher model of its own) answered by the torch loop" in capsys.readouterr().out
+    assert engine.calls == [("base", 3), ("lora", 3)]
+    full = varied_llama(tokenizer)  # a fully fine-tuned student: no LoRA to hand over
+    assert row_backends(full, engine)["student"] is None
+    assert "student (not one LoRA adapter on the base)" in capsys.readouterr().out
+    assert row_backends(full, make_backend("torch", full, tokenizer))["student"].name == "torch"  # torch holds all
+
+
+def test_anchors_and_query_synthesis_sample_through_the_backend_they_are_given(model, tokenizer, tmp_path):
+    from ctxdistill.config import OfflineConfig
+    from ctxdistill.data.anchors import make_anchors
+    from ctxdistill.data.queries import plan_queries
+
+    (tmp_path / "anchors.txt").write_text("Write a haiku about rain.\nHow do magnets work?\n")
+    cfg = OfflineConfig(anchor_prompts=str(tmp_path / "anchors.txt"), max_new_tokens=16)
+    recording = Recording(TorchBackend(model, tokenizer))
+    assert make_anchors(cfg, model, tokenizer, recording) == make_anchors(cfg, model, tokenizer)
+    assert recording.prompts == [render_prompt(tokenizer, p) for p in ("Write a haiku about rain.",
+                                                                       "How do magnets work?")]
+    recording = Recording(TorchBackend(model, tokenizer))
+    settings = dict(n=4, everyday_fraction=0.0, synthesized_fraction=0.5, probes_per_statement=1, seed=2)
+    plan = plan_queries(model, tokenizer, PIP, backend=recording, **settings)
+    expected = plan_queries(model, tokenizer, PIP, **settings)
+    assert recording.prompts and plan.raw  # the model was asked to write queries, through the backend
+    assert (plan.queries, plan.raw) == (expected.queries, expected.raw)
+
+
+def test_offline_evaluates_with_its_llama_cpp_engine_or_makes_one_only_where_chosen(model, tokenizer):
+    from types import SimpleNamespace
+
+    from ctxdistill.config import OfflineConfig
+    from ctxdistill.recipes.offline import eval_backend
+
+    engine = EngineOnTorch(model, tokenizer)
+    run = SimpleNamespace(backend=engine)
+    assert eval_backend(run) is engine  # the teacher's engine answers the evaluation too: no second one
+    run = SimpleNamespace(cfg=OfflineConfig(generation_backend="torch"), backend=TorchBackend(model, tokenizer),
+                          model=model, tokenizer=tokenizer, accelerator=SimpleNamespace(device=torch.device("cpu")))
+    assert eval_backend(run) is None  # the torch loop
+
+
+@needs_llama_cpp
+def test_evaluation_answers_through_llama_cpp_equal_the_torch_loops(llama, tokenizer):
+    from ctxdistill.core.pairs import Context
+    from ctxdistill.eval.evaluation import evaluate
+
+    student = lora_student(tokenizer)
+    try:
+        got = evaluate(student, tokenizer, Context(PIP, "system"), EVAL_QA, RETENTION, max_new_tokens=8,
+                       backend=llama)
+    finally:
+        llama.use_lora(None)  # the module's engine goes back to the base weights
+    expected = evaluate(student, tokenizer, Context(PIP, "system"), EVAL_QA, RETENTION, max_new_tokens=8)
+    assert expected["answers"]["student"] != expected["answers"]["base"]
+    assert got["answers"] == expected["answers"]  # base, teacher (base + context), student (base + LoRA)
+    assert got["retention"]["answers"] == expected["retention"]["answers"]
+    assert got["eval_backend"] == {"base": "llamacpp", "teacher": "llamacpp", "student": "llamacpp"}
+
+
+@needs_llama_cpp
+def test_anchors_and_query_synthesis_accept_the_llama_cpp_backend(llama, model, tokenizer, tmp_path):
+    from ctxdistill.config import OfflineConfig
+    from ctxdistill.data.anchors import make_anchors
+    from ctxdistill.data.queries import plan_queries
+
+    (tmp_path / "anchors.txt").write_text("Write a haiku about rain.\nHow do magnets work?\n")
+    cfg = OfflineConfig(anchor_prompts=str(tmp_path / "anchors.txt"), max_new_tokens=16)
+    assert make_anchors(cfg, model, tokenizer, llama) == make_anchors(cfg, model, tokenizer)
+    recording = Recording(llama)
+    settings = dict(n=2, everyday_fraction=0.0, synthesized_fraction=1.0, temperature=0.0, seed=2)
+    plan = plan_queries(model, tokenizer, PIP, backend=recording, **settings)
+    expected = plan_queries(model, tokenizer, PIP, **settings)
+    assert recording.prompts and plan.raw
+    assert (plan.queries, plan.raw) == (expected.queries, expected.raw)
+
+
+@needs_llama_cpp
+def test_an_offline_run_uses_one_engine_for_queries_samples_anchors_and_evaluation(
+        varied_model_dir, persona_files, tmp_path, monkeypatch):
+    import json
+
+    from ctxdistill.config import OfflineConfig
+    from ctxdistill.core.llamacpp import LlamaCppBackend, base_gguf
+    from ctxdistill.core.models import default_gguf_file, load_model
+    from ctxdistill.recipes import offline
+
+    monkeypatch.setenv("CTXDISTILL_CACHE", str(tmp_path / "cache"))
+    base_gguf(load_model(str(varied_model_dir), "float32", "cpu")[0], str(varied_model_dir), "f32",
+              vocab_from=default_gguf_file())  # as in the on-policy test: the folder's GGUF, with a tokenizer
+    made, real = [], LlamaCppBackend.for_model.__func__
+
+    def counted(cls, *args, **kwargs):  # every engine the run makes
+        made.append(1)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaCppBackend, "for_model", classmethod(counted))
+    (tmp_path / "anchors.txt").write_text("Write a haiku about rain.\nHow do magnets work?\n")
+    cfg = OfflineConfig(model=str(varied_model_dir), dtype="float32", generation_backend="llamacpp",
+                        llamacpp_outtype="f32", num_queries=4, samples_per_query=1, samples_per_other_query=1,
+                        max_new_tokens=6, max_steps=1, batch_size=2, micro_batch_size=2, eval_max_new_tokens=4,
+                        anchor_fraction=0.5, anchor_prompts=str(tmp_path / "anchors.txt"))
+    # no prompts: the queries are synthesized (through the engine), then sampled, anchored and evaluated
+    offline.run(cfg, str(tmp_path / "run"), context=[str(persona_files["context"])])
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["metrics"]["evaluation"]["eval_backend"] == {"base": "llamacpp", "teacher": "llamacpp",
+                                                                 "student": "llamacpp"}
+    assert (tmp_path / "run" / "data" / "anchors.jsonl").exists()
+    assert made == [1]  # one engine for the whole run

@@ -142,6 +142,21 @@ def test_rows_are_grouped_by_length_and_the_states_match_one_padded_forward(tiny
     torch.testing.assert_close(Teacher(tiny_model).states(ids, mask)[0], grouped)
 
 
+def test_after_a_shared_header_the_rest_of_each_view_is_still_grouped_by_length(tiny_model, tokenizer):
+    header = tokenizer("You are a helpful assistant. Answer the question below in one short and clear sentence.")["input_ids"]
+    rows = [header + tokenizer(text)["input_ids"] for text in ("short one", "a much longer row " * 12, "mid row " * 5)]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    teacher = Teacher(tiny_model)
+    assert teacher.encode_shared_prefix(rows, [len(r) for r in rows]) is not None
+    final, _, offset = teacher.states(ids, mask)
+    assert offset == len(header) and final.shape[1] == width - offset
+    padded = tiny_model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    for b, r in enumerate(rows):
+        torch.testing.assert_close(final[b, :len(r) - offset], padded[b, offset:len(r)], atol=1e-5, rtol=1e-4)
+
+
 def test_a_dataset_file_with_trl_columns_is_read_like_the_jsonl(tmp_path):
     datasets = pytest.importorskip("datasets")
     path = tmp_path / "rows.parquet"

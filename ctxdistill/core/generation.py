@@ -254,3 +254,11 @@ def make_backend(name: str, model, tokenizer, *, base: str | None = None, outtyp
             raise CtxDistillError("generation_backend: llamacpp needs the base model's name (--model).")
         return LlamaCppBackend.for_model(model, tokenizer, base, outtype)
     raise CtxDistillError(f"generation_backend must be torch or llamacpp, got {name!r}.")
+
+
+def chosen_engine(name: str, model, tokenizer, *, base: str, device, outtype: str = "f16"):
+    """The llama.cpp backend when `name` (a config's generation_backend) resolves to it for this run, else None:
+    the torch loop. For the call sites that sample the base (or one LoRA student) and have no backend yet."""
+    if resolve_backend(name, base, device) != "llamacpp":
+        return None
+    return make_backend("llamacpp", model, tokenizer, base=base, outtype=outtype)

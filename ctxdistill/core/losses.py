@@ -34,6 +34,8 @@ class PairBatch:
     pairs: list[Pair] | None = None  # kept for teachers that look rows up (the top-k cache)
     # ensemble (pairs with several teacher views): rows × views, each row's prior weight of each view (sums to 1)
     view_weights: torch.Tensor | None = None
+    # retention anchors: True for the rows of anchor pairs (Pair.anchor); None when the batch has none
+    anchor_rows: torch.Tensor | None = None
 
     def to(self, device) -> "PairBatch":
         def move(x):
@@ -60,8 +62,13 @@ def collate_pairs(pairs: list[Pair], pad_id: int, skip_first: int = 0) -> PairBa
         per_pair = torch.tensor([[1.0 / len(p.teacher_views) if v < len(p.teacher_views) else 0.0
                                   for v in range(n_views)] for p in pairs])
         weights = per_pair.repeat_interleave(torch.tensor([max(0, c - skip_first) for c in n]), 0)
+    anchor_rows = None
+    if any(p.anchor for p in pairs):
+        anchor_rows = torch.tensor([p.anchor for p in pairs]).repeat_interleave(
+            torch.tensor([max(0, c - skip_first) for c in n]), 0)
     return PairBatch(s_ids, s_mask, completion_rows([p.student_prompt_len for p in pairs], n, skip_first),
-                     t_ids, t_mask, _teacher_rows(pairs, t_index, n, skip_first), labels, list(pairs), weights)
+                     t_ids, t_mask, _teacher_rows(pairs, t_index, n, skip_first), labels, list(pairs), weights,
+                     anchor_rows)
 
 
 def _teacher_rows(pairs: list[Pair], t_index: list[int], n: list[int], skip_first: int):
@@ -124,6 +131,10 @@ class DistillLoss(torch.nn.Module):
         batch = batch.to(device)
         obj = self.objective
         with_layers = obj.hidden_weight > 0
+        if batch.anchor_rows is not None and (with_layers or batch.view_weights is not None
+                                              or not isinstance(self.teacher, Teacher)):
+            raise CtxDistillError("Retention anchors need a live teacher with one view per pair, and no hidden-state "
+                                  "term (the base's rows stand in for the teacher's final rows only).")
         s_final, s_layers = decoder_states(self.student, batch.student_ids, batch.student_mask, with_layers)
         s_rows = s_final[batch.student_rows]
         teacher_rows, t_layers = None, None
@@ -147,9 +158,13 @@ class DistillLoss(torch.nn.Module):
         elif self.teacher is not None:
             t_final, t_layers, offset = self.teacher.states(batch.teacher_ids, batch.teacher_mask, with_layers)
             t_idx = (batch.teacher_rows[0], batch.teacher_rows[1] - offset)
+            anchors = batch.anchor_rows
             plain = self.teacher.plain_states(batch.student_ids, batch.student_mask)[batch.student_rows] \
-                if self.amplify else None
-            teacher_rows = TeacherLogits(t_final[t_idx], self.teacher.head, plain, self.amplify)
+                if self.amplify or anchors is not None else None
+            t_rows = t_final[t_idx]
+            if anchors is not None:  # anchor rows: the base without the context (amplifying it changes nothing)
+                t_rows = torch.where(anchors[:, None], plain.to(t_rows.dtype), t_rows)
+            teacher_rows = TeacherLogits(t_rows, self.teacher.head, plain if self.amplify else None, self.amplify)
         loss = head_loss(s_rows, output_head(self.student), teacher_rows if obj.needs_teacher_logits else None,
                          batch.labels, obj, self.chunk_size, parts=self.term_sums) if obj.terms else s_rows.sum() * 0.0
         if with_layers:

@@ -110,7 +110,9 @@ class Pair:
 
     `more_teachers` are further teacher views (ids, prompt length) of the same completion under other contexts:
     the teacher distribution is then a mixture of all views (an ensemble, see DistillLoss). `query_span` = (back, length): the
-    query's tokens sit `back` tokens before the end of every teacher prompt; p(query | view) weighs the views."""
+    query's tokens sit `back` tokens before the end of every teacher prompt; p(query | view) weighs the views.
+    An `anchor` pair is held to the base model on the student's own view (no context), whatever its teacher view:
+    a retention anchor (DistillLoss swaps in the base's rows for its targets)."""
 
     teacher_ids: list[int]
     student_ids: list[int]
@@ -118,6 +120,7 @@ class Pair:
     student_prompt_len: int
     more_teachers: list[tuple[list[int], int]] = field(default_factory=list)
     query_span: tuple[int, int] | None = None
+    anchor: bool = False
 
     def __post_init__(self):
         completion = self.student_ids[self.student_prompt_len:]

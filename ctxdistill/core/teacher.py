@@ -189,8 +189,11 @@ class Teacher:
             expected = torch.tensor(prefix.ids, device=input_ids.device)
             if input_ids.shape[1] <= p or not bool((input_ids[:, :p] == expected).all()):
                 raise CtxDistillError("Internal error: a teacher view does not start with the encoded prefix.")
-            final, layers = decoder_states(self.model, input_ids[:, p:], attention_mask[:, p:], all_layers, prefix)
-            return final, layers, p
+            if all_layers:
+                final, layers = decoder_states(self.model, input_ids[:, p:], attention_mask[:, p:], True, prefix)
+                return final, layers, p
+            # rows of one shared context differ little in length; per-row contexts after a shared header a lot
+            return states_by_length(self.model, input_ids[:, p:], attention_mask[:, p:], prefix), None, p
 
     @torch.no_grad()
     def plain_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -274,21 +277,22 @@ def length_groups(lengths: list[int], share: float = LENGTH_GROUP_SHARE) -> list
     return groups
 
 
-def states_by_length(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Final hidden states of right-padded rows, computed in groups of similar length.
+def states_by_length(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     prefix: PrefixKV | None = None) -> torch.Tensor:
+    """Final hidden states of right-padded rows, computed in groups of similar length (after `prefix`, if given).
 
-    With a context of its own per row no prefix is shared, and the rows' lengths differ by their contexts: one
-    padded forward would run every row to the longest one. The output keeps the batch's shape; the positions past a
-    group's width are zeros, never read (the loss picks completion rows only)."""
+    With a context of its own per row, the rows' lengths differ by their contexts: one padded forward would run every
+    row to the longest one. The output keeps the batch's shape; the positions past a group's width are zeros, never
+    read (the loss picks completion rows only)."""
     lengths = attention_mask.sum(1).tolist()
     groups = length_groups(lengths)
     if len(groups) == 1:
-        return decoder_states(model, input_ids, attention_mask)[0]
+        return decoder_states(model, input_ids, attention_mask, prefix=prefix)[0]
     out = None
     for rows in groups:
         width = lengths[rows[0]]
         index = torch.tensor(rows, device=input_ids.device)
-        final = decoder_states(model, input_ids[index, :width], attention_mask[index, :width])[0]
+        final = decoder_states(model, input_ids[index, :width], attention_mask[index, :width], prefix=prefix)[0]
         if out is None:
             out = final.new_zeros(input_ids.shape[0], input_ids.shape[1], final.shape[-1])
         out[index, :width] = final

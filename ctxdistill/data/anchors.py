@@ -12,21 +12,36 @@ import json
 import random
 from pathlib import Path
 
-from ctxdistill.core.generation import generate
+from ctxdistill.core.generation import TorchBackend
 from ctxdistill.core.pairs import Pair, render_prompt
 from ctxdistill.data.inputs import read_prompts
 
 ANCHOR_PROMPTS = Path(__file__).resolve().parent / "anchor_prompts.json"
 
 
-def make_anchors(cfg, model, tokenizer) -> list[dict]:
-    """The model's greedy answers to the anchor prompts (`anchor_prompts` file, or the bundled general set)."""
-    prompts = read_prompts(cfg.anchor_prompts) if cfg.anchor_prompts else \
+def anchor_prompts(cfg) -> list[str]:
+    """The `anchor_prompts` file's prompts, or the bundled general set."""
+    return read_prompts(cfg.anchor_prompts) if cfg.anchor_prompts else \
         json.loads(ANCHOR_PROMPTS.read_text(encoding="utf-8"))["prompts"]
+
+
+def anchor_draws(prompts: list[str], count: int, seed) -> list[str]:
+    """`count` anchor prompts: every prompt once per round, each round in a seeded order."""
+    rng, draws = random.Random(seed), []
+    while prompts and len(draws) < count:
+        draws += rng.sample(prompts, len(prompts))
+    return draws[:count]
+
+
+def make_anchors(cfg, model, tokenizer, backend=None) -> list[dict]:
+    """The model's greedy answers to the anchor prompts (`anchor_prompts` file, or the bundled general set).
+    `backend`: a generation backend that samples as `model` (core.generation.make_backend); None: the torch loop."""
+    prompts = anchor_prompts(cfg)
     model.eval()
-    outs = generate(model, tokenizer, [render_prompt(tokenizer, p) for p in prompts],
-                    max_new_tokens=max(16, cfg.max_new_tokens // 2), temperature=0.0, batch_size=cfg.gen_batch_size,
-                    desc="base answers to the anchor prompts")
+    backend = backend or TorchBackend(model, tokenizer)
+    outs = backend.generate([render_prompt(tokenizer, p) for p in prompts],
+                            max_new_tokens=max(16, cfg.max_new_tokens // 2), temperature=0.0,
+                            batch_size=cfg.gen_batch_size, desc="base answers to the anchor prompts")
     return [{"prompt": p, "completion_ids": y} for p, y in zip(prompts, outs) if y]
 
 

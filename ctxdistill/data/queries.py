@@ -55,15 +55,18 @@ class QueryPlan:
 class _Writer:
     """Model-written candidates through the gate, keeping a sample of the raw outputs for the report."""
 
-    def __init__(self, model, tokenizer, gate: QueryGate, plan: QueryPlan, temperature: float, batch_size: int):
+    def __init__(self, model, tokenizer, gate: QueryGate, plan: QueryPlan, temperature: float, batch_size: int,
+                 backend=None):
         self.model, self.tokenizer, self.gate, self.plan = model, tokenizer, gate, plan
-        self.temperature, self.batch_size = temperature, batch_size
+        self.temperature, self.batch_size, self.backend = temperature, batch_size, backend
 
     def write(self, instructions: list[str], seed: int, desc: str) -> list[str | None]:
         """One candidate per instruction: the accepted query, or None."""
         prompts = [render_prompt(self.tokenizer, text) for text in instructions]
-        outs = generate(self.model, self.tokenizer, prompts, max_new_tokens=40, temperature=self.temperature,
-                        batch_size=self.batch_size, seed=seed, desc=desc)
+        settings = dict(max_new_tokens=40, temperature=self.temperature, batch_size=self.batch_size, seed=seed,
+                        desc=desc)
+        outs = self.backend.generate(prompts, **settings) if self.backend is not None else \
+            generate(self.model, self.tokenizer, prompts, **settings)
         kept = []
         for ids in outs:
             text = clean_query(self.tokenizer.decode(ids, skip_special_tokens=True))
@@ -129,13 +132,14 @@ def synthesized_queries(writer: _Writer, context_text: str, n: int, shots: list[
 
 def plan_queries(model, tokenizer, context_text: str, n: int, *, everyday_fraction: float = 0.5,
                  synthesized_fraction: float = 0.1, probes_per_statement: int = 3, temperature: float = 1.0,
-                 batch_size: int = 64, seed: int = 0) -> QueryPlan:
+                 batch_size: int = 64, seed: int = 0, backend=None) -> QueryPlan:
     """`n` gated queries for a context given without prompts (see the module note): probes first, the synthesized
     share, then everyday requests fill up to `n` (with everyday_fraction=0, or for a context not in English, more
     synthesized queries);
-    fewer than `n` only if the model cannot write enough that pass the gate."""
+    fewer than `n` only if the model cannot write enough that pass the gate. `backend`: a generation backend that
+    samples as `model` (core.generation.make_backend); None: the torch loop."""
     plan, gate = QueryPlan(), QueryGate(context_text)
-    writer = _Writer(model, tokenizer, gate, plan, temperature, batch_size)
+    writer = _Writer(model, tokenizer, gate, plan, temperature, batch_size, backend)
     n_everyday, n_synth = round(everyday_fraction * n), round(synthesized_fraction * n)
     plan.queries += probe_queries(writer, context_text, max(0, n - n_everyday - n_synth), probes_per_statement, seed)
     shots = [q["prompt"] for q in plan.queries][:8]

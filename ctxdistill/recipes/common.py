@@ -356,14 +356,16 @@ def check_data_inputs(out: Path, inputs: dict) -> None:
                               f"{path}). Resume with the same inputs, or choose a new --out (nothing was reused).")
 
 
-def plan_context_queries(cfg, model, tokenizer, text: str, name: str, seed: int):
+def plan_context_queries(cfg, model, tokenizer, text: str, name: str, seed: int, backend=None):
     """The gated query plan for a context without prompts (data/queries.py), from the recipe's query keys; refuses
-    a context for which nothing passed the gate rather than training on nothing."""
+    a context for which nothing passed the gate rather than training on nothing. `backend` samples as `model`
+    (None: the torch loop)."""
     from ctxdistill.data.queries import plan_queries
 
     plan = plan_queries(model, tokenizer, text, cfg.num_queries, everyday_fraction=cfg.everyday_fraction,
                         synthesized_fraction=cfg.synthesized_fraction, probes_per_statement=cfg.probes_per_statement,
-                        temperature=cfg.query_temperature, batch_size=cfg.gen_batch_size, seed=seed)
+                        temperature=cfg.query_temperature, batch_size=cfg.gen_batch_size, seed=seed,
+                        backend=backend)
     if not plan.queries:
         raise CtxDistillError(f"No query for {name} passed the quality gate ({plan.gate['rejected']}). Pass --prompts, "
                               "or put a 'prompts' list in the context file.")

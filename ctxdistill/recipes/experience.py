@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ctxdistill import CtxDistillError
 from ctxdistill.config import ExperienceConfig, OnpolicyConfig
 from ctxdistill.core.files import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
-from ctxdistill.core.generation import generate
+from ctxdistill.core.generation import TorchBackend, chosen_engine
 from ctxdistill.core.models import load_adapter, load_model
 from ctxdistill.core.pairs import Context, render_prompt
 from ctxdistill.core.tracking import end_trackers, log_evaluation
 from ctxdistill.data import hf_datasets
 from ctxdistill.eval.checkers import load_checker, validate_checker
-from ctxdistill.eval.evaluation import answers
+from ctxdistill.eval.evaluation import answers, one_lora_adapter
 from ctxdistill.recipes import onpolicy
 from ctxdistill.recipes.base import Recipe, RunResult
 from ctxdistill.recipes.common import make_accelerator, prepare_out_dir, start_tracking
@@ -94,13 +94,33 @@ class Experience:
     device: object
     model: object | None  # None while the consolidation run holds its own copy
     tokenizer: object
+    backend: object = None  # llama.cpp where generation_backend resolves to it (open_engine); None: the torch loop
+    answered_by: dict = field(default_factory=dict)  # each test row's backend, for experience.json
 
     def solve(self, items: list[dict], notes: str | None = None, model=None, adapter: bool = False):
         """(correct answers, the answers) on `items`, with the notes as the system prompt if given."""
         context = Context(notes, "system") if notes else None
         got = answers(model if model is not None else self.model, self.tokenizer, [t["prompt"] for t in items],
-                      context, adapter, self.cfg.eval_max_new_tokens)
+                      context, adapter, self.cfg.eval_max_new_tokens, self.backend)
         return sum(self.check(t["prompt"], g, t["answer"]) for t, g in zip(items, got)), got
+
+    def open_engine(self, model) -> None:
+        """llama.cpp over `model`'s base weights where generation_backend resolves to it: it writes the traces and
+        the notes and answers every test row, so the three rows of the report come from one backend."""
+        self.backend = chosen_engine(self.cfg.generation_backend, model, self.tokenizer, base=self.cfg.model,
+                                     device=self.device, outtype=self.cfg.llamacpp_outtype)
+        if self.backend is not None:
+            print(f"Traces, notes and answers by llama.cpp ({self.cfg.llamacpp_outtype} GGUF of the base; "
+                  f"generation_backend={self.cfg.generation_backend}).", flush=True)
+
+    def close_engine(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name if self.backend is not None else "torch"
 
 
 def open_experience(cfg: ExperienceConfig, out: Path, resume: bool, tasks: str | None, checker: str,
@@ -118,7 +138,9 @@ def open_experience(cfg: ExperienceConfig, out: Path, resume: bool, tasks: str |
     if not train:
         raise CtxDistillError("No tasks left for the train split; add tasks or lower select/test_fraction.")
     model, tokenizer, _ = load_model(cfg.model, cfg.dtype, accelerator.device)
-    return Experience(cfg, out, checker, check, train, select, test, accelerator.device, model, tokenizer)
+    x = Experience(cfg, out, checker, check, train, select, test, accelerator.device, model, tokenizer)
+    x.open_engine(model)
+    return x
 
 
 def collect_traces(x: Experience) -> list[dict]:
@@ -139,9 +161,9 @@ def write_candidates(x: Experience, traces: list[dict]) -> list[str]:
                                f"{'Right' if t['correct'] else 'Wrong; the answer was ' + t['answer']}."
                                for t in shown)
         prompts.append(render_prompt(x.tokenizer, NOTES_PROMPT.format(traces=listing, max_notes=cfg.max_notes)))
-    outs = generate(x.model, x.tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
-                    temperature=cfg.sample_temperature, batch_size=cfg.gen_batch_size, seed=cfg.seed,
-                    desc="writing notes")
+    outs = (x.backend or TorchBackend(x.model, x.tokenizer)).generate(
+        prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature, batch_size=cfg.gen_batch_size,
+        seed=cfg.seed, desc="writing notes")
     candidates = [c for c in dict.fromkeys(clean_notes(x.tokenizer.decode(y, skip_special_tokens=True),
                                                        cfg.max_notes) for y in outs) if c]
     if not candidates:
@@ -162,12 +184,23 @@ def consolidate(x: Experience, resume: bool) -> tuple[dict, tuple[int, list[str]
     """The kept notes into weights with onpolicy (the notes as context, the train tasks as queries); returns its
     metrics and the test score of the consolidated model without notes."""
     x.model = None  # the onpolicy run loads its own copy: do not hold two
+    used = x.backend_name
+    x.close_engine()  # nor two engines
     onpolicy_cfg = OnpolicyConfig(**{k: v for k, v in x.cfg.to_dict().items() if k in OnpolicyConfig.model_fields})
     done = onpolicy.run(onpolicy_cfg, str(x.out / "consolidated"), resume, context=[str(x.out / "notes.json")])
     model, _, _ = load_model(x.cfg.model, x.cfg.dtype, x.device)
     student = load_adapter(model, str(x.out / "consolidated" / "adapter"))
     student.eval()
-    return done.metrics, x.solve(x.test, None, student, adapter=True)
+    if used != "torch" and one_lora_adapter(student):
+        x.open_engine(model)  # the base's GGUF is cached: loaded again, not written again
+    elif used != "torch":
+        print("The consolidated model is not one LoRA adapter: its test row is answered by the torch loop.",
+              flush=True)
+    try:
+        x.answered_by["consolidated"] = x.backend_name
+        return done.metrics, x.solve(x.test, None, student, adapter=True)
+    finally:
+        x.close_engine()
 
 
 def write_outputs(x: Experience, traces: list[dict], n_candidates: int, best: dict, scores: dict,
@@ -179,6 +212,7 @@ def write_outputs(x: Experience, traces: list[dict], n_candidates: int, best: di
               "train_correct_without_notes": n_right,
               "test_accuracy": {"without_notes": base, "notes_in_context": with_notes,
                                 "consolidated_without_notes": after},
+              "eval_backend": x.answered_by,
               "notes": best["notes"], "candidates": n_candidates, "seconds": round(time.time() - t_start, 1),
               "consolidation": {k: consolidation.get(k) for k in ("train_steps", "train_seconds",
                                                                  "generation_seconds")},
@@ -207,6 +241,7 @@ def run(cfg: ExperienceConfig, out: str, resume: bool = False, *, tasks: str | N
     candidates = write_candidates(x, traces)
     best = keep_best(x, candidates)
     scores = {"without_notes": x.solve(x.test), "notes_in_context": x.solve(x.test, best["notes"])}
+    x.answered_by.update({row: x.backend_name for row in scores})
     consolidation, scores["consolidated"] = consolidate(x, resume)
     done = write_outputs(x, traces, len(candidates), best, scores, consolidation, t_start)
     log_test_accuracy(cfg, x.out, done.metrics)

@@ -29,7 +29,7 @@ from accelerate import Accelerator
 from ctxdistill import CtxDistillError
 from ctxdistill.config import KnowledgeConfig
 from ctxdistill.core.files import atomic_write_text, read_jsonl, write_jsonl
-from ctxdistill.core.generation import make_backend, resolve_backend
+from ctxdistill.core.generation import chosen_engine
 from ctxdistill.core.losses import DistillLoss, collate_pairs
 from ctxdistill.core.models import cache_dir, load_adapter
 from ctxdistill.core.objectives import Objective
@@ -196,6 +196,7 @@ class KnowledgeRun:
     generation_seconds: float = 0.0
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    backend: Any = None  # llama.cpp for the base's samples (synthetic data, anchors): made on first use (base_sampler)
 
     @property
     def objective_name(self) -> str:
@@ -224,6 +225,9 @@ def run(cfg: KnowledgeConfig, out: str, resume: bool = False, *, docs: str | Non
             **{k: getattr(cfg, k) for k in DATA_KEYS}})
     make_synthetic_data(state)
     make_run_anchors(state)
+    if state.backend is not None:  # the base's samples are all drawn
+        state.backend.close()
+        state.backend = None
     measure_references(state)
     modules = plan_modules(state.inputs.docs, state.out, state.per_document)
     for n, module in enumerate(modules):
@@ -262,16 +266,11 @@ def make_synthetic_data(state: KnowledgeRun) -> None:
     t0, accelerator, path = time.time(), state.accelerator, state.out / "data" / "synthetic.jsonl"
     if accelerator.is_main_process:
         state.model.eval()
-        cfg, backend = state.cfg, None
+        cfg, backend = state.cfg, base_sampler(state)
         # llama.cpp's samples are other draws: they get their own cache entries
-        if resolve_backend(cfg.generation_backend, cfg.model, accelerator.device) == "llamacpp":
-            backend = make_backend("llamacpp", state.model, state.tokenizer, base=cfg.model,
-                                   outtype=cfg.llamacpp_outtype)
         state.rows = synthesize(state.model, state.tokenizer, state.chunks, synth_settings(cfg),
                                 cache_dir() / "synthetic",
                                 f"{cfg.model}|{state.base_path}" + ("|llamacpp" if backend else ""), backend)
-        if backend is not None:
-            backend.close()
         write_jsonl(path, state.rows)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
@@ -279,12 +278,23 @@ def make_synthetic_data(state: KnowledgeRun) -> None:
     state.generation_seconds = time.time() - t0
 
 
+def base_sampler(state: KnowledgeRun):
+    """The llama.cpp backend that samples the base (generation_backend resolves to it), made once for the
+    synthetic data and the anchors; None: the torch loop. The evaluation stays on the torch loop."""
+    if state.backend is None:
+        cfg = state.cfg
+        state.backend = chosen_engine(cfg.generation_backend, state.model, state.tokenizer, base=cfg.model,
+                                      device=state.accelerator.device, outtype=cfg.llamacpp_outtype)
+    return state.backend
+
+
 def make_run_anchors(state: KnowledgeRun) -> None:
     """General prompts and the base's own answers, which a DCD module is held to so that it does not learn the
     document into everything it says; made before any adapter exists."""
     if state.objective_name == "dcd" and state.cfg.anchor_fraction > 0:
         state.anchors = main_process_writes(state.accelerator, state.out / "data" / "anchors.jsonl",
-                                            lambda: make_anchors(state.cfg, state.model, state.tokenizer))
+                                            lambda: make_anchors(state.cfg, state.model, state.tokenizer,
+                                                                 base_sampler(state)))
 
 
 def measure_references(state: KnowledgeRun) -> None:

@@ -26,7 +26,8 @@ from ctxdistill import CtxDistillError
 from ctxdistill.config import OfflineConfig
 from ctxdistill.core.files import atomic_write_json, load_json
 from ctxdistill.core.forward import MIN_SHARED_PREFIX, encode_prefix, shared_prefix_len
-from ctxdistill.core.generation import MergedCopy, TorchBackend, make_backend, resolve_backend, stop_token_ids
+from ctxdistill.core.generation import (MergedCopy, TorchBackend, chosen_engine, make_backend, resolve_backend,
+                                        stop_token_ids)
 from ctxdistill.core.losses import DistillLoss, collate_pairs, context_evidence
 from ctxdistill.core.models import enable_gradient_checkpointing, load_adapter
 from ctxdistill.core.pairs import Context, Pair, assistant_header, build_pair, render_prompt
@@ -153,6 +154,7 @@ class OfflineRun:
     initial: Any = None  # the --init-adapter's own behaviour, for the report
     init_adapter: str | None = None
     views: list[tuple[list[int], list[int]]] | None = None  # --data: (teacher, student) prompt ids of each row
+    backend: Any = None  # who samples as the teacher (queries, samples, anchors): made on first use, closed at the end
 
     @property
     def sampler(self):
@@ -250,7 +252,7 @@ def make_queries(run: OfflineRun, given: list[str] | None,
             rows += [{"source": i, "prompt": q, "origin": "prompts"} for q in prompts]
             continue
         plan = plan_context_queries(run.cfg, run.sampler, run.tokenizer, source.text, source.name,
-                                    run.cfg.seed + i)
+                                    run.cfg.seed + i, backend=sampling_backend(run))
         rows += [{"source": i, **q} for q in plan.queries]
         gates.append({"source": source.name, **plan.gate, "raw": plan.raw})
     if gates:
@@ -296,7 +298,7 @@ def make_samples(run: OfflineRun, queries: list[dict]) -> list[dict]:
     cfg, samples = run.cfg, []
     deadline = generation_deadline(cfg, run.t_start)
     rounds = sample_jobs(run, queries)
-    backend = teacher_backend(run)
+    backend = sampling_backend(run)
     t0, done = time.time(), 0
     for k, jobs in enumerate(rounds):
         if k and deadline and time.time() + (time.time() - t0) / done * len(jobs) > deadline:  # at the rate so far
@@ -318,7 +320,6 @@ def make_samples(run: OfflineRun, queries: list[dict]) -> list[dict]:
                      "completion_ids": y, "text": run.tokenizer.decode(y, skip_special_tokens=True)}
                     for (row, views), y in zip(jobs, outs) if y]
         done += len(jobs)
-    backend.close()
     return samples
 
 
@@ -348,6 +349,26 @@ def teacher_backend(run: OfflineRun):
         run.accelerator.print("generation_backend=llamacpp: this teacher (--teacher, teacher_adapter or "
                               "--init-adapter) samples through the torch loop.")
     return TorchBackend(run.sampler, run.tokenizer)
+
+
+def sampling_backend(run: OfflineRun):
+    """The teacher's backend (teacher_backend), made once: query synthesis, samples and anchors share one engine."""
+    if run.backend is None:
+        run.backend = teacher_backend(run)
+    return run.backend
+
+
+def eval_backend(run: OfflineRun):
+    """Who answers the evaluation: the run's llama.cpp engine, or one made now where generation_backend resolves to
+    llama.cpp but the teacher sampled on the torch loop (the base's GGUF is cached: no second conversion); None:
+    the torch loop. The evaluation itself keeps rows llama.cpp cannot hold on torch (eval.evaluation)."""
+    if run.backend is None or run.backend.name == "torch":
+        run.backend = chosen_engine(run.cfg.generation_backend, run.model, run.tokenizer, base=run.cfg.model,
+                                    device=run.accelerator.device, outtype=run.cfg.llamacpp_outtype)
+        if run.backend is not None:
+            run.accelerator.print(f"Evaluation answers by llama.cpp ({run.cfg.llamacpp_outtype} GGUF of the base; "
+                                  f"generation_backend={run.cfg.generation_backend}).")
+    return run.backend
 
 
 def make_pairs(run: OfflineRun, samples: list[dict]) -> tuple[list[Pair], list[int], int]:
@@ -481,8 +502,10 @@ def run(cfg: OfflineConfig, out: str, resume: bool = False, *, context=(), promp
         samples = main_process_writes(r.accelerator, made / "samples.jsonl", lambda: make_samples(r, queries))
         # Anchors: general prompts with the teacher's own answers, no context; the student keeps to them there.
         anchors = main_process_writes(r.accelerator, made / "anchors.jsonl", lambda: make_anchors(
-            cfg, r.sampler, r.tokenizer)) if cfg.anchor_fraction > 0 else []
+            cfg, r.sampler, r.tokenizer, sampling_backend(r))) if cfg.anchor_fraction > 0 else []
     generation_seconds = time.time() - t0
+    if r.backend is not None and r.backend.name == "llamacpp":
+        r.backend.close_context()  # its KV cache, not needed while training; the engine stays for the evaluation
     pairs, sources_of, dropped = make_pairs(r, samples)
     pairs, sources_of, kept, evidence = drop_unexplained(r, pairs, sources_of, samples)
     stages = plan_stages(cfg, len(r.sources), sources_of)
@@ -498,6 +521,8 @@ def run(cfg: OfflineConfig, out: str, resume: bool = False, *, context=(), promp
               "completion_tokens": sum(p.completion_len for p in pairs)}
     result = write_artifacts(r, results, counts, qa, qa_contexts, inputs, generation_seconds) \
         if r.accelerator.is_main_process else None
+    if r.backend is not None:
+        r.backend.close()
     r.accelerator.wait_for_everyone()
     end_trackers(r.accelerator)
     return result
@@ -517,8 +542,8 @@ def write_artifacts(r: OfflineRun, results: list, counts: dict, qa, qa_contexts,
     saved = save_trained(r.student, r.tokenizer, r.out, cfg.finetune)
     t_eval = time.time()
     evaluation = evaluate(r.student, r.tokenizer, qa_contexts, qa, inputs.retention, cfg.eval_max_new_tokens,
-                          teacher_model=teacher_model, initial_model=r.initial) if qa and cfg.finetune == "lora" \
-        else None
+                          teacher_model=teacher_model, initial_model=r.initial, backend=eval_backend(r)) \
+        if qa and cfg.finetune == "lora" else None
     log_evaluation(r.accelerator, evaluation)
     metrics = {**stage_metrics(results), "generation_seconds": round(generation_seconds, 1),
                "eval_seconds": round(time.time() - t_eval, 1), "total_seconds": round(time.time() - r.t_start, 1)}

@@ -31,6 +31,7 @@ from ctxdistill.core.teacher import (TEACHER_ADAPTER, Teacher, adapter_on, add_t
                                      load_teacher_model)
 from ctxdistill.core.tracking import end_trackers, log_evaluation
 from ctxdistill.core.training import TrainResult, train
+from ctxdistill.data.anchors import anchor_draws, anchor_prompts
 from ctxdistill.data.inputs import read_context, read_prompts, read_qa, read_qa_items, read_retention
 from ctxdistill.data.per_row import PerRowExample, Templates, read_per_row
 from ctxdistill.data.queries import OTHER_ORIGINS, query_origins
@@ -43,6 +44,7 @@ from ctxdistill.recipes.common import (budget_deadline, check_data_inputs, check
                                        plan_context_queries, train_settings, training_fingerprint_config)
 
 ARTIFACTS = ["adapter", "manifest.json", "report.md"]
+DEFAULT_ANCHOR_FRACTION = 0.1  # anchor_fraction unset, with a context: measured on held-out personas (docs/onpolicy.md)
 QUERY_KEYS = ("model", "teacher", "num_queries", "everyday_fraction", "synthesized_fraction", "probes_per_statement",
               "query_temperature", "seed")  # what synthesized queries came from
 NO_TABLE = "(no eval questions: pass --eval FILE or put an \"eval\" list in the context)"
@@ -67,6 +69,7 @@ class Models:
     other: object | None  # another model as the teacher (--teacher)
     live: bool  # the current student is its own teacher
     window: int
+    backend: object = None  # llama.cpp (llamacpp_sampler): samples the queries, the student, the teacher; evaluates
 
 
 @dataclass
@@ -74,7 +77,8 @@ class Queries:
     texts: list[str]
     teacher_prompts: dict[str, list[int]]  # context + query
     student_prompts: dict[str, list[int]]  # the query alone
-    origins: dict[str, int] | None = None  # queries per origin (prompts, probes, everyday, synthesized)
+    origins: dict[str, int] | None = None  # queries per origin (prompts, probes, everyday, synthesized, anchor)
+    anchors: frozenset[str] = frozenset()  # retention anchors: held to the base without the context
 
 
 @dataclass
@@ -143,7 +147,9 @@ def open_models(cfg: OnpolicyConfig, out: Path, resume: bool) -> Models:
     accelerator, model, tokenizer, base_path = open_run(cfg, out, resume)
     other = load_teacher_model(cfg.teacher, tokenizer, cfg.dtype, accelerator.device, model) \
         if cfg.teacher and not live else None
-    return Models(accelerator, model, tokenizer, base_path, other, live, model_window(model, cfg))
+    models = Models(accelerator, model, tokenizer, base_path, other, live, model_window(model, cfg))
+    models.backend = llamacpp_sampler(cfg, models)
+    return models
 
 
 def per_row_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models) -> Queries:
@@ -151,8 +157,25 @@ def per_row_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models) -> Quer
     keys = [f"row {n}" for n in range(1, len(inputs.rows) + 1)]
     views = per_row_views(models.tokenizer, inputs.rows, inputs.context, cfg.max_new_tokens, models.window,
                           inputs.data_path)
-    return Queries(keys, {k: teacher for k, (teacher, _) in zip(keys, views)},
-                   {k: student for k, (_, student) in zip(keys, views)}, {"data": len(keys)})
+    queries = Queries(keys, {k: teacher for k, (teacher, _) in zip(keys, views)},
+                      {k: student for k, (_, student) in zip(keys, views)}, {"data": len(keys)})
+    # TRL's SDFT has no anchors: with rows they are off unless asked for (anchor_fraction set)
+    return with_anchors(queries, cfg, cfg.anchor_fraction or 0.0, models.tokenizer, inputs.context)
+
+
+def with_anchors(queries: Queries, cfg: OnpolicyConfig, fraction: float, tokenizer, context) -> Queries:
+    """Retention anchors: general requests on which the student is held to the base without the context, so that
+    what the context changes does not leak into everything (a persona's voice into factual answers). An anchor's
+    teacher view still reads the shared context first, so an encoded context prefix stays valid for every view."""
+    anchors = [a for a in anchor_prompts(cfg) if a not in queries.teacher_prompts] if fraction > 0 else []
+    if not anchors:
+        return queries
+    queries.texts += anchor_draws(anchors, round(fraction * len(queries.texts)), f"{cfg.seed}:anchors")
+    queries.teacher_prompts.update({a: render_prompt(tokenizer, a, context) for a in anchors})
+    queries.student_prompts.update({a: render_prompt(tokenizer, a) for a in anchors})
+    queries.anchors = frozenset(anchors)
+    queries.origins = {**(queries.origins or {}), "anchor": len(anchors)}
+    return queries
 
 
 def make_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models, out: Path) -> Queries:
@@ -163,7 +186,11 @@ def make_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models, out: Path)
         if inputs.prompts:
             return [{"prompt": q, "origin": "prompts"} for q in inputs.prompts]
         model = models.other if models.other is not None else models.model
-        plan = plan_context_queries(cfg, model, models.tokenizer, inputs.context.text, "the context", cfg.seed)
+        if models.other is not None and models.backend is not None:
+            models.accelerator.print("generation_backend=llamacpp: the --teacher model writes the queries on the "
+                                     "torch loop.")
+        plan = plan_context_queries(cfg, model, models.tokenizer, inputs.context.text, "the context", cfg.seed,
+                                    backend=models.backend if models.other is None else None)
         atomic_write_json(out / "data" / "query_gate.json", [{"source": "context", **plan.gate, "raw": plan.raw}])
         return plan.queries
 
@@ -174,19 +201,21 @@ def make_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models, out: Path)
                                                             else cfg.probe_repeats)]
     tokenizer = models.tokenizer
     queries = Queries(texts, {q: render_prompt(tokenizer, q, inputs.context) for q in set(texts)},
-                      {q: render_prompt(tokenizer, q) for q in set(texts)})
+                      {q: render_prompt(tokenizer, q) for q in set(texts)}, query_origins(rows))
+    unset = DEFAULT_ANCHOR_FRACTION if cfg.hidden_weight == 0 else 0.0  # anchors have no hidden-state rows
+    queries = with_anchors(queries, cfg, unset if cfg.anchor_fraction is None else cfg.anchor_fraction, tokenizer,
+                           inputs.context)
     longest = max(len(p) for p in queries.teacher_prompts.values()) + cfg.max_new_tokens
     if longest > models.window:
         raise CtxDistillError(f"Context + query + completion is {longest} tokens, longer than the model window "
                               f"({models.window}). Shorten the context or lower max_new_tokens.")
-    queries.origins = query_origins(rows)
     return queries
 
 
 def set_up(cfg: OnpolicyConfig, models: Models, queries: Queries) -> Setup:
     """Student, sampler and teacher. The context is encoded once for every teacher forward and teacher sample."""
     student = make_student(models.model, cfg)
-    backend = llamacpp_sampler(cfg, models)
+    backend = models.backend
     # The merged copy samples the LoRA student on the torch loop; with llama.cpp only a live teacher still needs it.
     sampler = MergedCopy(student) if cfg.finetune == "lora" and (backend is None or models.live) \
         else None
@@ -235,8 +264,10 @@ class SampleCollate:
     def __call__(self, batch_queries: list[str]) -> PairBatch:
         samples = self.sample(batch_queries)
         t_prompts, s_prompts = self.queries.teacher_prompts, self.queries.student_prompts
-        pairs = [build_pair(t_prompts[q], s_prompts[q], y, self.header, self.models.window)
-                 for q, y in zip(batch_queries, samples.completions) if y]
+        kept = [(q, y) for q, y in zip(batch_queries, samples.completions) if y]
+        pairs = [build_pair(t_prompts[q], s_prompts[q], y, self.header, self.models.window) for q, y in kept]
+        for (q, _), pair in zip(kept, pairs):
+            pair.anchor = q in self.queries.anchors
         if not pairs:
             raise CtxDistillError("Every sample of a batch came back empty; check the model and max_new_tokens.")
         return collate_pairs(pairs, self.models.tokenizer.pad_token_id, self.cfg.skip_first)
@@ -363,7 +394,7 @@ def write_artifacts(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries
     save_trained(student, models.tokenizer, out, cfg.finetune)
     t_eval = time.time()
     evaluation = evaluate(student, models.tokenizer, inputs.context, inputs.eval_qa, inputs.retention,
-                          cfg.eval_max_new_tokens, teacher_model=teacher_model) \
+                          cfg.eval_max_new_tokens, teacher_model=teacher_model, backend=setup.backend) \
         if inputs.eval_qa and inputs.context and cfg.finetune == "lora" else None
     log_evaluation(models.accelerator, evaluation)
     metrics = run_metrics(result, stats, t_eval, t_start)

@@ -18,13 +18,14 @@ from pathlib import Path
 from ctxdistill import CtxDistillError
 from ctxdistill.config import SftConfig
 from ctxdistill.core.files import read_jsonl
-from ctxdistill.core.generation import generate
+from ctxdistill.core.generation import chosen_engine, resolve_backend
 from ctxdistill.core.losses import DistillLoss, collate_pairs
 from ctxdistill.core.models import enable_gradient_checkpointing, load_adapter
 from ctxdistill.core.objectives import Objective
 from ctxdistill.core.pairs import Pair, assistant_header, build_pair, render_prompt
 from ctxdistill.core.tracking import end_trackers
 from ctxdistill.core.training import train
+from ctxdistill.eval.evaluation import greedy_ids
 from ctxdistill.eval.reports import planned_note, write_report
 from ctxdistill.recipes.artifacts import save_trained, write_manifest
 from ctxdistill.recipes.base import Recipe, RunResult
@@ -116,12 +117,29 @@ def normalized(text: str) -> str:
     return " ".join(text.split())
 
 
-def exact_match(model, tokenizer, items: list[Example], max_new_tokens: int, batch_size: int = 32) -> list[str]:
-    """Greedy answers (what the model writes now: a PEFT model's active adapters on)."""
+def exact_match(model, tokenizer, items: list[Example], max_new_tokens: int, batch_size: int = 32,
+                backend=None) -> list[str]:
+    """Greedy answers (what the model writes now: a PEFT model's active adapters on). `backend`: None, the torch
+    loop; or an engine over `model`'s base, which is handed its one LoRA adapter (eval.evaluation.greedy_ids)."""
     prompts = [render_prompt(tokenizer, e.prompt) for e in items]
-    ids = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size,
-                   desc="answering", show_progress=False)
+    ids = greedy_ids(model, tokenizer, prompts, True, max_new_tokens, backend, batch_size)
     return [tokenizer.decode(y, skip_special_tokens=True).strip() for y in ids]
+
+
+def eval_engine(cfg: SftConfig, model, tokenizer, accelerator):
+    """llama.cpp for the --eval answers, before and after, where generation_backend resolves to it; None: the torch
+    loop. A full fine-tune changes the base weights the engine holds: its answers stay on torch, said once."""
+    if cfg.finetune != "lora":
+        if resolve_backend(cfg.generation_backend, cfg.model, accelerator.device) == "llamacpp":
+            accelerator.print("generation_backend: llama.cpp holds the base and a LoRA adapter; a full fine-tune's "
+                              "--eval answers are decoded by the torch loop.")
+        return None
+    engine = chosen_engine(cfg.generation_backend, model, tokenizer, base=cfg.model, device=accelerator.device,
+                           outtype=cfg.llamacpp_outtype)
+    if engine is not None:
+        accelerator.print(f"--eval answers by llama.cpp ({cfg.llamacpp_outtype} GGUF of the base; "
+                          f"generation_backend={cfg.generation_backend}).")
+    return engine
 
 
 def accuracy(answers: list[str], items: list[Example]) -> int:
@@ -145,11 +163,12 @@ def run(cfg: SftConfig, out: str, resume: bool = False, *, data: str | None = No
                                     "eval_sha256": fingerprint([(e.prompt, e.answer) for e in items]),
                                     "init_adapter": init_adapter, "model": cfg.model})
     student = load_adapter(model, init_adapter, trainable=True) if init_adapter else None
+    engine = eval_engine(cfg, model, tokenizer, accelerator) if items and accelerator.is_main_process else None
     # Before training (the base, or the --init-adapter), kept for --resume: a full fine-tune has no "adapter off"
     # to measure it by afterwards.
     before = main_process_writes(accelerator, out_dir / "data" / "eval_before.jsonl", lambda: [
-        {"answer": a} for a in (exact_match(student or model, tokenizer, items, cfg.eval_max_new_tokens)
-                                if items else [])])
+        {"answer": a} for a in (exact_match(student or model, tokenizer, items, cfg.eval_max_new_tokens,
+                                            backend=engine) if items else [])])
     if student is None:
         student = make_student(model, cfg)
     elif cfg.gradient_checkpointing:
@@ -160,20 +179,24 @@ def run(cfg: SftConfig, out: str, resume: bool = False, *, data: str | None = No
                    resume=resume, fingerprint=fingerprint(training_fingerprint_config(cfg), len(pairs),
                                                           [p.student_ids for p in pairs], init_adapter))
     done = write_artifacts(cfg, out_dir, student, tokenizer, base_path, result, len(rows), pairs, items,
-                           [r["answer"] for r in before], init_adapter, t_start) \
+                           [r["answer"] for r in before], init_adapter, t_start, engine) \
         if accelerator.is_main_process else None
+    if engine is not None:
+        engine.close()
     accelerator.wait_for_everyone()
     end_trackers(accelerator)
     return done
 
 
 def write_artifacts(cfg: SftConfig, out: Path, student, tokenizer, base_path: str, result, n_rows: int,
-                    pairs: list[Pair], items: list[Example], before: list[str], init_adapter, t_start: float):
+                    pairs: list[Pair], items: list[Example], before: list[str], init_adapter, t_start: float,
+                    engine=None):
     student.eval()
     saved = save_trained(student, tokenizer, out, cfg.finetune)
     t_eval = time.time()
-    after = exact_match(student, tokenizer, items, cfg.eval_max_new_tokens) if items else []
+    after = exact_match(student, tokenizer, items, cfg.eval_max_new_tokens, backend=engine) if items else []
     evaluation = {"n": len(items), "exact_match": {"before": accuracy(before, items), "after": accuracy(after, items)},
+                  "eval_backend": engine.name if engine is not None else "torch",
                   "answers": [{"expected": e.answer, "before": b, "after": a}
                               for e, b, a in zip(items, before, after)]} if items else None
     answer_tokens = sum(p.completion_len for p in pairs)
