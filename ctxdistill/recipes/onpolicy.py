@@ -160,10 +160,10 @@ def per_row_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models) -> Quer
     queries = Queries(keys, {k: teacher for k, (teacher, _) in zip(keys, views)},
                       {k: student for k, (_, student) in zip(keys, views)}, {"data": len(keys)})
     # TRL's SDFT has no anchors: with rows they are off unless asked for (anchor_fraction set)
-    return with_anchors(queries, cfg, cfg.anchor_fraction or 0.0, models.tokenizer, inputs.context)
+    return add_anchor_queries(queries, cfg, cfg.anchor_fraction or 0.0, models.tokenizer, inputs.context)
 
 
-def with_anchors(queries: Queries, cfg: OnpolicyConfig, fraction: float, tokenizer, context) -> Queries:
+def add_anchor_queries(queries: Queries, cfg: OnpolicyConfig, fraction: float, tokenizer, context) -> Queries:
     """Retention anchors: general requests on which the student is held to the base without the context, so that
     what the context changes does not leak into everything (a persona's voice into factual answers). An anchor's
     teacher view still reads the shared context first, so an encoded context prefix stays valid for every view."""
@@ -203,8 +203,8 @@ def make_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models, out: Path)
     queries = Queries(texts, {q: render_prompt(tokenizer, q, inputs.context) for q in set(texts)},
                       {q: render_prompt(tokenizer, q) for q in set(texts)}, query_origins(rows))
     unset = DEFAULT_ANCHOR_FRACTION if cfg.hidden_weight == 0 else 0.0  # anchors have no hidden-state rows
-    queries = with_anchors(queries, cfg, unset if cfg.anchor_fraction is None else cfg.anchor_fraction, tokenizer,
-                           inputs.context)
+    fraction = unset if cfg.anchor_fraction is None else cfg.anchor_fraction
+    queries = add_anchor_queries(queries, cfg, fraction, tokenizer, inputs.context)
     longest = max(len(p) for p in queries.teacher_prompts.values()) + cfg.max_new_tokens
     if longest > models.window:
         raise CtxDistillError(f"Context + query + completion is {longest} tokens, longer than the model window "
