@@ -457,3 +457,18 @@ def test_an_offline_run_uses_one_engine_for_queries_samples_anchors_and_evaluati
                                                                  "student": "llamacpp"}
     assert (tmp_path / "run" / "data" / "anchors.jsonl").exists()
     assert made == [1]  # one engine for the whole run
+
+
+def test_the_default_model_and_its_converted_folder_share_one_cached_gguf(model, monkeypatch, tmp_path):
+    # An adapter names its base by the converted folder; `--model default` names it 'default'. One export for both.
+    import ctxdistill.core.models as models
+    from ctxdistill.core.llamacpp import gguf_cache_file
+
+    folder = tmp_path / "models" / "smollm2"
+    folder.mkdir(parents=True)
+    monkeypatch.setattr(models, "default_model_path", lambda: folder)
+    monkeypatch.setattr(models, "cache_dir", lambda: tmp_path)
+    by_name = gguf_cache_file("default", model, "f16")
+    assert by_name == gguf_cache_file(str(folder), model, "f16")
+    assert by_name != gguf_cache_file(str(tmp_path / "models"), model, "f16")
+    assert by_name != gguf_cache_file("default", model, "bf16")

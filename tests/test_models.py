@@ -36,3 +36,11 @@ def test_auto_dtype_is_bf16_only_where_the_hardware_has_it():
 
     assert pick_dtype("auto", cpu) == (torch.bfloat16 if bf16_supported(cpu) else torch.float32)
     assert pick_dtype("fp32", cpu) == torch.float32
+
+
+def test_loading_a_model_draws_no_library_progress_bar_and_leaves_the_setting_as_it_was(tiny_model_dir, capfd):
+    from transformers.utils import logging as hf_logging
+
+    load_model(str(tiny_model_dir), dtype="float32", device="cpu")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # the caller's own setting is restored

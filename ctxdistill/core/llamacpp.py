@@ -78,12 +78,15 @@ def base_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def gguf_cache_file(base: str, model, outtype: str) -> Path:
-    """Where the base model's GGUF is kept: one file per base model, weight dtype and GGUF type."""
+    """Where the base model's GGUF is kept: one file per base model (by resolved path), weight dtype and GGUF type."""
     from ctxdistill.core.forward import base_model
-    from ctxdistill.core.models import cache_dir
+    from ctxdistill.core.models import DEFAULT_MODEL, cache_dir, default_model_path
 
     dtype = str(next(base_model(model).parameters()).dtype).removeprefix("torch.")
-    where = str(Path(base).expanduser().resolve()) if Path(base).expanduser().exists() else base
+    # 'default' is keyed by the folder it converts to: an adapter names its base by that folder, and the same
+    # weights must not be exported twice under two names.
+    path = default_model_path() if base == DEFAULT_MODEL else Path(base).expanduser()
+    where = str(path.resolve()) if path.exists() else base
     key = hashlib.sha256(f"{where}\n{dtype}".encode()).hexdigest()[:12]
     return cache_dir() / "gguf" / f"{Path(where).name or 'model'}-{key}-{dtype}-{outtype}.gguf"
 

@@ -64,7 +64,8 @@ def convert_gguf(gguf_file: Path, target: Path) -> Path:
     print(f"Converting {gguf_file.name} to safetensors in {target} (once) ...", flush=True)
     src, name = str(gguf_file.parent), gguf_file.name
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
+    with no_loading_bar():
+        gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
     # Rebuild from config + state dict: the GGUF-loaded model keeps GGUF bookkeeping that save_pretrained rejects.
     config_dict = gguf_model.config.to_dict()
     config_dict.pop("quantization_config", None)  # else transformers treats the safetensors as packed GGUF
@@ -155,12 +156,28 @@ def load_model(name_or_path: str, dtype: str = "auto", device: str | torch.devic
     path, kwargs = resolve_model(name_or_path)
     torch_dtype = pick_dtype(dtype, device)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+        with no_loading_bar():
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
     except OSError as e:
         raise CtxDistillError(f"Could not load model '{name_or_path}': {e}. "
                               "Without internet only local paths, cached hub ids and 'default' work.") from e
     model.to(device).eval()
     return model, load_tokenizer(name_or_path), path
+
+
+@contextmanager
+def no_loading_bar():
+    """transformers draws a bar per weight file it loads; a 135M model loads in a second, and a run's own progress
+    (rate, ETA) is what a user should read. Restored afterwards for the caller's code."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 @contextmanager
