@@ -254,7 +254,7 @@ def test_offline_keeps_a_teacher_llama_cpp_cannot_hold_on_the_torch_loop_and_say
                           accelerator=SimpleNamespace(print=printed.append, device=torch.device("cpu")))
     backend = teacher_backend(run)
     assert backend.name == "torch" and backend.model is other
-    assert len(printed) == 1 and "torch loop" in printed[0]
+    assert len(printed) == 1 and "torch loop" in printed[0] and "--teacher" in printed[0]
 
 
 def test_auto_picks_llama_cpp_only_where_it_can_sample_the_model(monkeypatch, tmp_path):
@@ -472,3 +472,46 @@ def test_the_default_model_and_its_converted_folder_share_one_cached_gguf(model,
     assert by_name == gguf_cache_file(str(folder), model, "f16")
     assert by_name != gguf_cache_file(str(tmp_path / "models"), model, "f16")
     assert by_name != gguf_cache_file("default", model, "bf16")
+
+
+@needs_llama_cpp
+def test_offline_hands_a_teacher_adapter_to_llama_cpp_as_its_lora(varied_model_dir, tmp_path, monkeypatch, tokenizer):
+    from types import SimpleNamespace
+
+    from ctxdistill.config import OfflineConfig
+    from ctxdistill.core.llamacpp import base_gguf
+    from ctxdistill.core.models import add_lora, default_gguf_file, load_model
+    from ctxdistill.core.teacher import add_teacher_adapter, adapter_on
+    from ctxdistill.recipes.offline import teacher_backend
+
+    monkeypatch.setenv("CTXDISTILL_CACHE", str(tmp_path / "cache"))
+    base_gguf(load_model(str(varied_model_dir), "float32", "cpu")[0], str(varied_model_dir), "f32",
+              vocab_from=default_gguf_file())
+    teacher = add_lora(load_model(str(varied_model_dir), "float32", "cpu")[0], r=4, alpha=8)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for name, p in teacher.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3)
+    teacher.save_pretrained(tmp_path / "teacher")
+    student = add_teacher_adapter(add_lora(load_model(str(varied_model_dir), "float32", "cpu")[0], r=4, alpha=8),
+                                  str(tmp_path / "teacher"))
+    student.eval()
+    prompts = [render_prompt(tokenizer, q) for q in QUESTIONS]
+    with adapter_on(student):
+        expected = torch_greedy(student, tokenizer, prompts, max_new_tokens=10)
+    assert expected != torch_greedy(student, tokenizer, prompts, max_new_tokens=10)  # the student's own differs
+
+    printed = []
+    cfg = OfflineConfig(model=str(varied_model_dir), generation_backend="llamacpp", llamacpp_outtype="f32",
+                        teacher_adapter=str(tmp_path / "teacher"))
+    run = SimpleNamespace(cfg=cfg, other=None, init_adapter=None, model=student, student=student,
+                          tokenizer=tokenizer, accelerator=SimpleNamespace(print=printed.append,
+                                                                           device=torch.device("cpu")))
+    backend = teacher_backend(run)
+    try:
+        assert backend.name == "llamacpp" and "teacher adapter" in printed[0]
+        assert backend.generate(prompts, max_new_tokens=10, temperature=0.0, show_progress=False) == expected
+        assert student.active_adapter == "default"  # the student's adapter is active again afterwards
+    finally:
+        backend.close()

@@ -338,16 +338,22 @@ def plain_prompt(run: OfflineRun, row: dict) -> list[int]:
 
 
 def teacher_backend(run: OfflineRun):
-    """Who draws the teacher samples: llama.cpp (generation_backend=llamacpp) when the teacher is the base model
-    itself; the torch loop for a --teacher model, a teacher adapter or an --init-adapter run, and by default."""
+    """Who draws the teacher samples: llama.cpp (generation_backend=llamacpp) when the teacher is the base model,
+    with a teacher adapter handed over as its LoRA (an --init-adapter is off while the teacher samples: the base);
+    the torch loop for a --teacher model of its own, and by default."""
     if resolve_backend(run.cfg.generation_backend, run.cfg.model, run.accelerator.device) == "llamacpp":
-        if run.other is None and not run.cfg.teacher_adapter and not run.init_adapter:
-            run.accelerator.print(f"Teacher samples by llama.cpp ({run.cfg.llamacpp_outtype} GGUF of the base; "
-                                  f"generation_backend={run.cfg.generation_backend}).")
-            return make_backend("llamacpp", run.model, run.tokenizer, base=run.cfg.model,
-                                outtype=run.cfg.llamacpp_outtype)
-        run.accelerator.print("generation_backend=llamacpp: this teacher (--teacher, teacher_adapter or "
-                              "--init-adapter) samples through the torch loop.")
+        if run.other is None:
+            backend = make_backend("llamacpp", run.model, run.tokenizer, base=run.cfg.model,
+                                   outtype=run.cfg.llamacpp_outtype)
+            if run.cfg.teacher_adapter:
+                with adapter_on(run.student):  # the engine gets the teacher's adapter, not the student's
+                    backend.use_lora(run.student)
+            run.accelerator.print(f"Teacher samples by llama.cpp ({run.cfg.llamacpp_outtype} GGUF of the base"
+                                  + (" + the teacher adapter" if run.cfg.teacher_adapter else "")
+                                  + f"; generation_backend={run.cfg.generation_backend}).")
+            return backend
+        run.accelerator.print("generation_backend=llamacpp: a --teacher model of its own samples through the "
+                              "torch loop.")
     return TorchBackend(run.sampler, run.tokenizer)
 
 
