@@ -11,7 +11,9 @@ Phases, each kept under --out (a finished one is read back, an interrupted one r
    prompt, the question and the scratch-pad instruction);
 3. student/: `offline` scratch-pad distillation with `--teacher-adapter teacher/adapter`: the teacher (base +
    that adapter) writes its scratch-pad and answer for each fresh question, the student sees the bare question and
-   learns only the answer tokens (forward KL to the teacher, which reads its own scratch-pad);
+   learns only the answer tokens: by default the teacher's answer as the target, as Snell et al. fine-tune the model
+   to predict its own final answer (`--student-objective forward_kl`: the teacher's distribution there, reading
+   its own scratch-pad; twice the cost of a step);
 4. transfer/: Snell's "transfer" baseline: `sft` on the same 500 questions' direct answers;
 5. eval_*.json: greedy answers on the held-out problems: the teacher with its scratch-pad, the base model answering
    directly (student before), the student after, the transfer baseline. Exact match of the sum.
@@ -28,6 +30,8 @@ import re
 import sys
 import time
 from pathlib import Path
+
+from phases import load_timings, load_with_adapters, run_phase, save_timings, write_lines
 
 # the scratch-pad the teacher learns: one line per column, right to left, "x+y+carry=two-digit sum", then the answer
 CONTEXT = "You are a careful calculator."
@@ -71,14 +75,6 @@ def teacher_messages(a: int, b: int) -> list[dict]:
     return [{"role": "system", "content": CONTEXT}, {"role": "user", "content": f"{question(a, b)}\n\n{INSTRUCTION}"}]
 
 
-def write_lines(path: Path, lines: list[str]) -> None:
-    from ctxdistill.core.files import atomic_write_text
-
-    text = "".join(line + "\n" for line in lines)
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
-        atomic_write_text(path, text)
-
-
 def make_data(out: Path, sizes: dict) -> dict:
     """The task's files under OUT/data (the same content for the same sizes: every phase's cache stays valid)."""
     data = out / "data"
@@ -95,27 +91,6 @@ def make_data(out: Path, sizes: dict) -> dict:
                                             ("questions", "distill_questions.txt"), ("context", "context.txt")]}
 
 
-def run_phase(name: str, out: Path, recipe: str, timings: dict, **keys) -> dict:
-    """One `ctxdistill distill` run, kept in OUT/<name>: read back when finished, resumed when interrupted."""
-    from ctxdistill.api import distill
-
-    folder = out / name
-    manifest = folder / "manifest.json"
-    if not manifest.exists():
-        t0 = time.time()
-        print(f"[{name}] {recipe} ...", flush=True)
-        distill(recipe, out=folder, resume=folder.exists() and any(folder.iterdir()), **keys)
-        timings[name] = round(time.time() - t0, 1)
-        save_timings(out, timings)
-    return json.loads(manifest.read_text(encoding="utf-8"))
-
-
-def save_timings(out: Path, timings: dict) -> None:
-    from ctxdistill.core.files import atomic_write_json
-
-    atomic_write_json(out / "timings.json", timings)
-
-
 def answer_of(text: str, scratch: bool) -> str | None:
     """The sum a response gives: after the last delimiter with a scratch-pad, else its first number."""
     if scratch:
@@ -130,15 +105,7 @@ class Evaluator:
     """The base model once, with each adapter loaded next to the others by name (switched, never copied)."""
 
     def __init__(self, model_name: str, adapters: dict[str, Path], batch_size: int):
-        from ctxdistill.core.models import load_adapter, load_model, peft_quietly
-
-        model, self.tokenizer, _ = load_model(model_name, "auto")
-        first, *rest = adapters.items()
-        self.model = load_adapter(model, str(first[1]))
-        with peft_quietly():
-            for name, path in rest:
-                self.model.load_adapter(str(path), adapter_name=name)
-        self.names = {first[0]: "default", **{name: name for name, _ in rest}}
+        self.model, self.tokenizer, self.names = load_with_adapters(model_name, adapters)
         self.batch_size = batch_size
 
     def answers(self, adapter: str | None, prompts: list, max_new_tokens: int) -> list[list[int]]:
@@ -178,7 +145,7 @@ def evaluate_row(out: Path, row: str, evaluator, adapter: str | None, scratch: b
     return result
 
 
-SIZES = {"full": {"train": 500, "distill": 300, "test": 200, "dev": 200, "digits": DIGITS},
+SIZES = {"full": {"train": 500, "distill": 1000, "test": 200, "dev": 200, "digits": DIGITS},
          "quick": {"train": 8, "distill": 4, "test": 4, "dev": 4, "digits": 2}}
 
 
@@ -202,13 +169,12 @@ def run(args) -> dict:
     sizes = SIZES["quick" if args.quick else "full"]
     files = make_data(out, sizes)
     settings = phase_settings(args)
-    timings_file = out / "timings.json"
-    timings = json.loads(timings_file.read_text(encoding="utf-8")) if timings_file.exists() else {}
+    timings = load_timings(out)
     run_phase("teacher", out, "sft", timings, data=files["teacher"], **settings["teacher"])
     run_phase("student", out, "offline", timings, context=str(files["context"]), prompts=files["questions"],
               teacher_adapter=str(out / "teacher" / "adapter"), scratchpad=True, scratchpad_instruction=INSTRUCTION,
               answer_delimiter=DELIMITER, samples_per_query=1, sample_temperature=0.0, amplify=0.0,
-              anchor_fraction=0.0, **settings["student"])
+              anchor_fraction=0.0, objective=args.student_objective, **settings["student"])
     run_phase("transfer", out, "sft", timings, data=files["transfer"], **settings["transfer"])
 
     test = problems(args.split, sizes[args.split], sizes["digits"])
@@ -256,9 +222,12 @@ def parse_args(argv=None):
                    help="the held-out problems to score (dev: for tuning, its own seed)")
     p.add_argument("--quick", action="store_true", help="a few examples and steps: a smoke test (tiny models)")
     p.add_argument("--teacher-epochs", type=float, default=3.0)
-    p.add_argument("--student-epochs", type=float, default=3.0)
+    p.add_argument("--student-epochs", type=float, default=2.0)
     p.add_argument("--teacher-minutes", type=float, default=22.0)
-    p.add_argument("--student-minutes", type=float, default=14.0)
+    p.add_argument("--student-minutes", type=float, default=25.0)
+    p.add_argument("--student-objective", default="sft",
+                   help="sft: the teacher's answers as hard targets, as Snell et al. (no teacher forward in a step); "
+                        "forward_kl: its distribution on the answer tokens")
     p.add_argument("--transfer-minutes", type=float, default=6.0)
     p.add_argument("--eval-batch-size", type=int, default=50)
     return p.parse_args(argv)
