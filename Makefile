@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-trl bench-snell kill-drill check-export test-llamacpp bench-generation configs clean
+.PHONY: install demo test bench bench-trl bench-snell bench-continual kill-drill check-export test-llamacpp bench-generation configs clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench-trl: $(STAMP)
 
 bench-snell: $(STAMP)   # Snell et al.'s 8-digit addition: scratch-pad teacher, distilled student, transfer (docs/sft.md)
 	$(BIN)/python benchmarks/snell_addition.py --out runs/snell
+
+bench-continual: $(STAMP)   # SDFT's continual skills: sft vs ours (onpolicy, offline --data) vs TRL SDFTTrainer (docs/per_row_contexts.md)
+	$(BIN)/pip install --quiet -e ".[bench]"          # TRL, for its column only
+	$(BIN)/python benchmarks/continual_skills.py --out runs/continual
 
 kill-drill: $(STAMP)   # SIGKILL a real run at 10 random moments, resume, compare with an uninterrupted run
 	$(BIN)/python benchmarks/kill_drill.py
