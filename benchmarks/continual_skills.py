@@ -537,8 +537,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/continual", help="every phase is kept here; a rerun continues")
     p.add_argument("--model", default="default")
-    p.add_argument("--minutes-per-skill", type=float, default=4.0,
-                   help="wall budget of each method on each skill (4 methods x 2 skills + evaluation: ~40 min)")
+    p.add_argument("--minutes-per-skill", type=float, default=3.0,
+                   help="wall budget of each method on each skill (4 methods x 2 skills + evaluation: ~28 min)")
     p.add_argument("--quick", action="store_true", help="a few items and two steps each: a smoke test (tiny models)")
     p.add_argument("--probe", action="store_true",
                    help="no training: the base's accuracy on the test items without and with the demonstration")
