@@ -17,9 +17,8 @@ them as `{"prompt", "privileged_context"}` with the same teacher prompt as its `
 Phases, each kept under --out (a finished one is read back, an interrupted one resumes; a TRL stage restarts):
 1. data/<skill>/: the rows in the three shapes, and the held-out test items;
 2. <method>/stage1: the method learns `timer`; <method>/stage2: it learns `date`, starting from its stage-1
-   adapter (sft and offline: --init-adapter; TRL: the stage-1 adapter loaded as trainable; onpolicy, which has no
-   --init-adapter: the base with the stage-1 adapter merged in, exported once to onpolicy/base_after_stage1, then a
-   new adapter on it; onpolicy/continual_adapter holds both as one rank-32 LoRA on the base, for the evaluation);
+   adapter (ours and sft: --init-adapter; TRL: the stage-1 adapter loaded as trainable). Every teacher is the base
+   shown the demonstration (adapter off), as in the paper;
 3. eval/<row>.json: greedy answers, no context, the adapter on: every skill's test items (exact, format-strict
    checkers), the project's retention set (10 general questions, scored as the project does) and the mean per-token
    KL(base || model) on the base's own greedy answers to those questions (the project's drift probe); the base, and
@@ -167,11 +166,6 @@ def train_method(method: str, out: Path, data: dict, settings: dict, timings: di
         name, files = f"{method}/stage{stage}", data[skill.name]
         if method == "trl":
             adapters[stage] = trl_phase(name, out, files["trl"], previous, settings["trl"], timings)
-        elif method == "onpolicy" and previous is not None:
-            base = base_after(out, previous, settings["onpolicy"]["model"], timings)
-            run_phase(name, out, "onpolicy", timings, data=files["rows"], **{**settings["onpolicy"], "model": base})
-            adapters[stage] = continual_adapter(out, settings["onpolicy"]["model"], previous,
-                                                out / name / "adapter", timings)
         else:
             init = {"init_adapter": str(previous)} if previous is not None else {}
             run_phase(name, out, method, timings, data=files["sft" if method == "sft" else "rows"],
@@ -179,48 +173,6 @@ def train_method(method: str, out: Path, data: dict, settings: dict, timings: di
             adapters[stage] = out / name / "adapter"
         previous = out / name / "adapter"
     return adapters
-
-
-def gguf_based(model: str) -> bool:
-    return model == "default" or model.endswith(".gguf")
-
-
-def base_after(out: Path, adapter: Path, model: str, timings: dict) -> str:
-    """The base with `adapter` merged into its weights (f32), exported once: the model onpolicy's stage 2 starts
-    from, as onpolicy takes no --init-adapter. A GGUF when the base came from one, so that llama.cpp samples as in
-    stage 1; else a transformers folder."""
-    from ctxdistill.core.export import export
-
-    target = out / "onpolicy" / ("base_after_stage1.gguf" if gguf_based(model) else "base_after_stage1")
-    if not target.exists():
-        t0 = time.time()
-        print(f"[onpolicy/merge] {adapter} merged into the base -> {target}", flush=True)
-        export(adapter, "gguf" if gguf_based(model) else "merged", target, outtype="f32", model=model)
-        timings["onpolicy/merge"] = round(time.time() - t0, 1)
-        save_timings(out, timings)
-    return str(target)
-
-
-def continual_adapter(out: Path, model: str, first: Path, second: Path, timings: dict) -> Path:
-    """One LoRA on the base equal to `first` merged in, plus `second` on top: PEFT's "cat" combination, rank
-    r1 + r2, alpha = rank, each adapter's scaling folded into its A (exact, not an approximation)."""
-    from ctxdistill.core.files import atomic_write_dir
-
-    target = out / "onpolicy" / "continual_adapter"
-    if (target / "adapter_config.json").exists():
-        return target
-    t0 = time.time()
-    model, _, _ = load_with_adapters(model, {"first": first, "second": second}, dtype="float32")
-    model.add_weighted_adapter(["default", "second"], [1.0, 1.0], "continual", combination_type="cat")
-
-    def fill(tmp: Path) -> Path:
-        model.save_pretrained(tmp, selected_adapters=["continual"])
-        return tmp / "continual"  # PEFT saves an adapter other than "default" in a folder of its name
-
-    atomic_write_dir(target, fill, ".continual-")
-    timings["onpolicy/combine"] = round(time.time() - t0, 1)
-    save_timings(out, timings)
-    return target
 
 
 # ---------------------------------------------------------------------------------------------------------- TRL
@@ -408,7 +360,7 @@ def stage_cells(result: dict | None) -> list[str]:
 
 
 def method_minutes(method: str, timings: dict) -> float:
-    """Training wall time of a method, both stages (and onpolicy's merge/combination steps), evaluation left out."""
+    """Training wall time of a method, both stages, evaluation left out."""
     return sum(v for k, v in timings.items() if k.startswith(f"{method}/")) / 60
 
 

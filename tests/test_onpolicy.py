@@ -210,3 +210,53 @@ def test_experience_refuses_too_few_or_malformed_tasks(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"question": "1+1?"}\n' * 6)
     with pytest.raises(CtxDistillError, match="prompt"):
         read_tasks(tmp_path / "bad.jsonl")
+
+
+def lora_b(adapter_dir, model_dir) -> dict:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), adapter_dir)
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+
+
+def test_init_adapter_keeps_training_that_adapter_and_reports_it_as_initial(tiny_model_dir, persona_files,
+                                                                             tmp_path):
+    assert run_onpolicy(tiny_model_dir, persona_files, tmp_path / "first").returncode == 0
+    first = tmp_path / "first" / "adapter"
+    done = run_onpolicy(tiny_model_dir, persona_files, tmp_path / "second", "--init-adapter", str(first))
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((tmp_path / "second" / "manifest.json").read_text())
+    assert manifest["init_adapter"] == str(first)
+    assert set(manifest["metrics"]["evaluation"]["answers"]) == {"base", "teacher", "initial", "student"}
+    assert "| initial (before this run) | no |" in (tmp_path / "second" / "report.md").read_text()
+    old, now = lora_b(first, tiny_model_dir), lora_b(tmp_path / "second" / "adapter", tiny_model_dir)
+    assert all(v.abs().sum() > 0 for v in old.values())  # a fresh adapter's B is zero: this one carries on
+    assert any(not torch.equal(old[n], now[n]) for n in old)  # and it trained
+    done = run_onpolicy(tiny_model_dir, persona_files, tmp_path / "full", "--init-adapter", str(first),
+                        "--set", "finetune=full")
+    assert done.returncode == 2 and "needs finetune=lora" in done.stderr
+
+
+@pytest.mark.parametrize("teacher_kind, holds_the_adapter", [("base", False), ("live", True), ("ema", True)])
+def test_with_init_adapter_only_a_live_or_ema_teacher_starts_from_the_adapter(teacher_kind, holds_the_adapter,
+                                                                              tiny_model_dir, persona_files, tmp_path,
+                                                                              tokenizer):
+    """The base teacher stays the base (adapter off); the live student and its EMA begin as the given adapter."""
+    assert run_onpolicy(tiny_model_dir, persona_files, tmp_path / "first").returncode == 0
+    cfg = OnpolicyConfig(model=str(tiny_model_dir), dtype="float32", teacher_kind=teacher_kind,
+                         generation_backend="torch")
+    models = onpolicy.open_models(cfg, tmp_path / "second", resume=False)
+    inputs = onpolicy.read_inputs(cfg, [str(persona_files["context"])], str(persona_files["prompts"]), None, None)
+    queries = onpolicy.make_queries(cfg, inputs, models, tmp_path / "second")
+    setup = onpolicy.set_up(cfg, models, queries, str(tmp_path / "first" / "adapter"))
+    ids = torch.tensor([queries.teacher_prompts[queries.texts[0]]])  # a base teacher has its context encoded
+    mask = torch.ones_like(ids)
+    teacher = setup.teacher.states(ids, mask)[0][:, -4:]
+    with torch.no_grad():
+        student = setup.student.base_model.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        with setup.student.disable_adapter():
+            base = setup.student.base_model.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    student, base = student[:, -4:], base[:, -4:]
+    assert not torch.allclose(student, base)
+    torch.testing.assert_close(teacher, student if holds_the_adapter else base)

@@ -20,7 +20,8 @@ from accelerate import Accelerator
 from ctxdistill import CtxDistillError
 from ctxdistill.core import tracking
 from ctxdistill.core.files import atomic_write_json, read_jsonl, write_jsonl
-from ctxdistill.core.models import add_lora, bf16_supported, default_device, enable_gradient_checkpointing, load_model
+from ctxdistill.core.models import (add_lora, bf16_supported, default_device, enable_gradient_checkpointing,
+                                    load_adapter, load_model)
 from ctxdistill.core.pairs import render_prompt
 from ctxdistill.core.training import TrainSettings
 
@@ -316,14 +317,20 @@ def share_budget(deadline_at: float | None, planned: list[float]) -> float | Non
     return time.time() + (deadline_at - time.time()) * planned[0] / sum(planned)
 
 
-def make_student(model, cfg):
-    """The trainable student: a fresh LoRA adapter on the model, or the model itself for full fine-tuning.
+def make_student(model, cfg, init_adapter: str | None = None):
+    """The trainable student: a fresh LoRA adapter on the model, a saved one to keep training (`init_adapter`), or
+    the model itself for full fine-tuning.
 
-    The adapter's initial weights come from `cfg.seed`, not from whatever the run drew before (measured: a knowledge
-    module started differently when its synthetic data came from the cache instead of being sampled)."""
-    torch.manual_seed(cfg.seed)
-    student = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets) \
-        if cfg.finetune == "lora" else model.requires_grad_(True)
+    A fresh adapter's initial weights come from `cfg.seed`, not from whatever the run drew before (measured: a
+    knowledge module started differently when its synthetic data came from the cache instead of being sampled)."""
+    if init_adapter:
+        if cfg.finetune != "lora":
+            raise CtxDistillError("--init-adapter continues a LoRA adapter; it needs finetune=lora.")
+        student = load_adapter(model, init_adapter, trainable=True)
+    else:
+        torch.manual_seed(cfg.seed)
+        student = add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets) \
+            if cfg.finetune == "lora" else model.requires_grad_(True)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(student)
     return student

@@ -90,6 +90,7 @@ class Setup:
     loss: DistillLoss
     ema: EmaAdapter | None = None  # teacher_kind=ema: the averaged adapter next to the student's
     backend: object = None  # generation_backend=llamacpp: llama.cpp samples (docs/generation.md); None: torch
+    initial: object = None  # --init-adapter: a merged copy of the model before this run, for the report
 
 
 @dataclass
@@ -212,9 +213,12 @@ def make_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models, out: Path)
     return queries
 
 
-def set_up(cfg: OnpolicyConfig, models: Models, queries: Queries) -> Setup:
-    """Student, sampler and teacher. The context is encoded once for every teacher forward and teacher sample."""
-    student = make_student(models.model, cfg)
+def set_up(cfg: OnpolicyConfig, models: Models, queries: Queries, init_adapter: str | None = None) -> Setup:
+    """Student, sampler and teacher. The context is encoded once for every teacher forward and teacher sample.
+    With --init-adapter the student keeps training that adapter; a base teacher is still the base (adapter off),
+    while a live or EMA teacher starts from the adapter, so it holds what the adapter learnt before."""
+    student = make_student(models.model, cfg, init_adapter)
+    initial = MergedCopy(student).model if init_adapter else None
     backend = models.backend
     # The merged copy samples the LoRA student on the torch loop; with llama.cpp only a live teacher still needs it.
     sampler = MergedCopy(student) if cfg.finetune == "lora" and (backend is None or models.live) \
@@ -231,7 +235,7 @@ def set_up(cfg: OnpolicyConfig, models: Models, queries: Queries) -> Setup:
     objective = cfg.build_objective()
     return Setup(student, sampler, teacher, objective,
                  DistillLoss(student, teacher, objective, cfg.chunk_size, cfg.skip_first, amplify=cfg.amplify), ema,
-                 backend=backend)
+                 backend=backend, initial=initial)
 
 
 def llamacpp_sampler(cfg: OnpolicyConfig, models: Models):
@@ -338,12 +342,15 @@ class SampleCollate:
 
 
 def train_student(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries: Queries, setup: Setup,
-                  collate: SampleCollate, out: Path, resume: bool, t_start: float) -> TrainResult:
+                  collate: SampleCollate, out: Path, resume: bool, t_start: float,
+                  init_adapter: str | None = None) -> TrainResult:
     """One pass over the queries per epoch, fresh samples every step. An EMA teacher follows the loop: updated after
     every optimizer step, saved in its checkpoints."""
     # A shared context alone keeps the digest runs made before --data existed, so their checkpoints still resume.
     made_from = context_digests(inputs) if inputs.rows else sha256_text(inputs.context.text)
-    key = fingerprint(training_fingerprint_config(cfg), queries.texts, made_from)
+    # An --init-adapter is part of what a checkpoint continues from; without one the key is as before it existed.
+    key = fingerprint(training_fingerprint_config(cfg), queries.texts, made_from,
+                      *([init_adapter] if init_adapter else []))
     return train(models.accelerator, setup.loss, queries.texts, collate,
                  train_settings(cfg, budget_deadline(cfg, t_start)), out / "checkpoint" / "state.pt",
                  resume=resume, fingerprint=key, follower=setup.ema)
@@ -361,12 +368,13 @@ def run_metrics(result: TrainResult, stats: SampleStats, t_eval: float, t_start:
 
 
 def report_lines(cfg: OnpolicyConfig, objective: Objective, result: TrainResult, stats: SampleStats,
-                 n_queries: int, t_start: float) -> list[str]:
+                 n_queries: int, t_start: float, init_adapter: str | None = None) -> list[str]:
     teacher_name = "live student" if cfg.teacher == "live" or cfg.teacher_kind == "live" else \
         f"EMA of the student (decay {cfg.ema_decay})" if cfg.teacher_kind == "ema" else (
         cfg.teacher or (f"base model + adapter {cfg.teacher_adapter}" if cfg.teacher_adapter
                         else "base model, adapter off"))
-    return [f"- base model: `{cfg.model}`; teacher: {teacher_name}, with the context as {cfg.context_kind}",
+    return [f"- base model: `{cfg.model}`" + (f"; initial adapter: `{init_adapter}`" if init_adapter else "") +
+            f"; teacher: {teacher_name}, with the context as {cfg.context_kind}",
             f"- objective: {dict(objective.terms)}, top-k {objective.top_k or 'full vocabulary'} "
             f"({objective.support}, {objective.tail}); offline_fraction {cfg.offline_fraction}",
             f"- training: {result.steps_done}/{result.total_steps} steps" + planned_note(
@@ -379,7 +387,8 @@ def report_lines(cfg: OnpolicyConfig, objective: Objective, result: TrainResult,
 
 
 def write_artifacts(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries: Queries, setup: Setup,
-                    result: TrainResult, stats: SampleStats, out: Path, t_start: float) -> RunResult:
+                    result: TrainResult, stats: SampleStats, out: Path, t_start: float,
+                    init_adapter: str | None = None) -> RunResult:
     """Adapter, the evaluation (LoRA only: it compares the adapter on and off), manifest and report."""
     student = setup.student
     student.eval()
@@ -394,7 +403,8 @@ def write_artifacts(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries
     save_trained(student, models.tokenizer, out, cfg.finetune)
     t_eval = time.time()
     evaluation = evaluate(student, models.tokenizer, inputs.context, inputs.eval_qa, inputs.retention,
-                          cfg.eval_max_new_tokens, teacher_model=teacher_model, backend=setup.backend) \
+                          cfg.eval_max_new_tokens, teacher_model=teacher_model, initial_model=setup.initial,
+                          backend=setup.backend) \
         if inputs.eval_qa and inputs.context and cfg.finetune == "lora" else None
     log_evaluation(models.accelerator, evaluation)
     metrics = run_metrics(result, stats, t_eval, t_start)
@@ -403,23 +413,28 @@ def write_artifacts(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries
     if evaluation:
         metrics["evaluation"] = evaluation
     write_manifest(out, {"recipe": "onpolicy", "base_model": cfg.model, "base_model_path": models.base_path,
+                         "init_adapter": init_adapter,
                          "context_sha256": context_digests(inputs), "context_kind": cfg.context_kind,
                          "config": cfg.to_dict(), "data": {"queries": len(set(queries.texts)),
                                                            "query_origins": queries.origins, "query_gate": gates},
                          "metrics": metrics})
     write_report(out, "on-policy context distillation",
-                 report_lines(cfg, setup.objective, result, stats, len(set(queries.texts)), t_start), evaluation,
+                 report_lines(cfg, setup.objective, result, stats, len(set(queries.texts)), t_start, init_adapter),
+                 evaluation,
                  result.loss_history, extra=query_report(queries.origins, gates))
     return RunResult(out, ARTIFACTS, metrics, results_table(evaluation) if evaluation else "", NO_TABLE)
 
 
 def run(cfg: OnpolicyConfig, out: str, resume: bool = False, *, context: list[str] | None = None,
         prompts: str | None = None, eval_qa: str | None = None, retention: str | None = None,
-        columns: dict | None = None, data: str | None = None) -> RunResult | None:
+        columns: dict | None = None, data: str | None = None, init_adapter: str | None = None) -> RunResult | None:
     """Returns the result on the main process, None on the others. `columns`: the dataset columns of inputs given
     as datasets, and their split (see data/hf_datasets.py). `data`: rows with a teacher-only context each
-    (data/per_row.py), in place of --prompts; --context is then optional."""
+    (data/per_row.py), in place of --prompts; --context is then optional. `init_adapter`: a LoRA adapter to keep
+    training (e.g. learning a second skill after a first)."""
     t_start, out_dir = time.time(), Path(out)
+    if init_adapter and cfg.finetune != "lora":  # before anything is loaded
+        raise CtxDistillError("--init-adapter continues a LoRA adapter; it needs finetune=lora.")
     inputs = read_inputs(cfg, context, prompts, eval_qa, retention, columns, data)
     models = open_models(cfg, out_dir, resume)
     if models.accelerator.is_main_process:  # before OUT/data/queries.jsonl is reused
@@ -427,10 +442,11 @@ def run(cfg: OnpolicyConfig, out: str, resume: bool = False, *, context: list[st
                                     **({} if inputs.prompts or inputs.rows else
                                        {k: getattr(cfg, k) for k in QUERY_KEYS})})
     queries = make_queries(cfg, inputs, models, out_dir)
-    setup = set_up(cfg, models, queries)
+    setup = set_up(cfg, models, queries, init_adapter)
     collate = SampleCollate(cfg, models, queries, setup)
-    result = train_student(cfg, inputs, models, queries, setup, collate, out_dir, resume, t_start)
-    done = write_artifacts(cfg, inputs, models, queries, setup, result, collate.stats, out_dir, t_start) \
+    result = train_student(cfg, inputs, models, queries, setup, collate, out_dir, resume, t_start, init_adapter)
+    done = write_artifacts(cfg, inputs, models, queries, setup, result, collate.stats, out_dir, t_start,
+                           init_adapter) \
         if models.accelerator.is_main_process else None
     models.accelerator.wait_for_everyone()
     end_trackers(models.accelerator)
@@ -438,4 +454,4 @@ def run(cfg: OnpolicyConfig, out: str, resume: bool = False, *, context: list[st
 
 
 RECIPES = [Recipe("onpolicy", "on-policy context distillation: the student learns from its own samples (OPCD)",
-                  OnpolicyConfig, ("context", "prompts", "eval_qa", "retention", "data"), run)]
+                  OnpolicyConfig, ("context", "prompts", "eval_qa", "retention", "data", "init_adapter"), run)]
