@@ -84,3 +84,26 @@ def test_offline_sampling_stops_at_a_round_when_the_next_would_pass_the_generati
     samples = offline.make_samples(run, queries)  # 40% of 600 s: round 1 ends at ~200 s, a 2nd would end at ~400 s
     per_query = {q["prompt"]: sum(s["query"] == q["prompt"] for s in samples) for q in queries}
     assert set(per_query.values()) == {1}
+
+
+def test_offline_stops_a_first_round_longer_than_the_generation_share_keeping_the_queries_sampled_so_far(
+        monkeypatch, capsys, tiny_model_dir, tmp_path):
+    """Many prompts, one sample each: the single round would take the whole budget, so it is cut in chunks."""
+    from ctxdistill.config import load_config
+    from ctxdistill.recipes import offline
+
+    (tmp_path / "context.txt").write_text("Your name is Pip.")
+    (tmp_path / "prompts.txt").write_text("\n".join(f"What is {i} plus one?" for i in range(150)))
+    cfg = load_config("offline", sets=["samples_per_query=1", "samples_per_other_query=1", "max_new_tokens=2",
+                                       "dtype=float32", "anchor_fraction=0"], model=str(tiny_model_dir),
+                      max_minutes=10)
+    inputs = offline.read_inputs(cfg, [tmp_path / "context.txt"], tmp_path / "prompts.txt", None, None)
+    run = offline.set_up(cfg, inputs, tmp_path / "run", False, None)
+    queries = offline.make_queries(run, inputs.prompts)
+    assert len(queries) >= 150
+    clock = iter(range(0, 10_000, 100))  # each look at the clock: 100 s later
+    monkeypatch.setattr(offline.time, "time", lambda: run.t_start + next(clock))
+    samples = offline.make_samples(run, queries)  # 40% of 600 s: a second chunk of 64 would end at ~300 s
+    sampled = {s["query"] for s in samples}
+    assert 0 < len(sampled) <= offline.FIRST_ROUND_CHUNK < len(queries)
+    assert f"of {len(queries)} queries sampled" in capsys.readouterr().out

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from ctxdistill import CtxDistillError
 from ctxdistill.config import OfflineConfig
 from ctxdistill.core.files import atomic_write_json, load_json
@@ -291,36 +293,63 @@ def sample_jobs(run: OfflineRun, queries: list[dict]) -> list[list[tuple[dict, l
     return [jobs for jobs in rounds if jobs]
 
 
+FIRST_ROUND_CHUNK = 64  # under a budget, the first round is sampled this many queries at a time (see make_samples)
+
+
 def make_samples(run: OfflineRun, queries: list[dict]) -> list[dict]:
     """Teacher samples, one round (a sample of every query) at a time: under a time budget, rounds stop when the next
     one would pass the generation's share of it, so every query keeps the same number of samples and training keeps
-    its time. The sampling context is each query's first view; a row keeps every view's context text."""
+    its time. The first round has nothing before it to stop at, so under a budget it is sampled in chunks and stops
+    likewise, with the queries sampled so far: many prompts must not take the whole budget before any training. The
+    sampling context is each query's first view; a row keeps every view's context text."""
     cfg, samples = run.cfg, []
     deadline = generation_deadline(cfg, run.t_start)
     rounds = sample_jobs(run, queries)
     backend = sampling_backend(run)
     t0, done = time.time(), 0
+
+    def would_pass(n: int) -> bool:  # at the rate so far
+        return bool(done and deadline and time.time() + (time.time() - t0) / done * n > deadline)
+
     for k, jobs in enumerate(rounds):
-        if k and deadline and time.time() + (time.time() - t0) / done * len(jobs) > deadline:  # at the rate so far
+        if k and would_pass(len(jobs)):
             run.accelerator.print(f"Time budget: {k} of {len(rounds)} rounds of samples (generation may use "
                                   f"{GENERATION_SHARE:.0%} of the budget).")
             break
-        prompts = [teacher_prompt(run, row, views) for row, views in jobs]
-        shared = shared_prefix_len(prompts, [len(p) for p in prompts]) if cfg.prefix_cache else 0
-        # llama.cpp finds and shares the prefix itself; the torch loop is handed it encoded
-        prefix = encode_prefix(run.sampler, prompts[0][:shared]) \
-            if shared >= MIN_SHARED_PREFIX and backend.name == "torch" else None
-        plain = [plain_prompt(run, row) for row, _ in jobs] if run.amplify else None
-        outs = backend.generate(prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature,
-                                batch_size=cfg.gen_batch_size, seed=cfg.seed + k,
-                                desc=f"teacher sampling ({k + 1}/{len(rounds)})", prefix=prefix, contrast=plain,
-                                alpha=run.amplify)
-        samples += [{"source": row["source"], "query": row["prompt"], "contexts": [c.text for c in views],
-                     **({"row": row["row"], "teacher_query": row["teacher"]} if "row" in row else {}),
-                     "completion_ids": y, "text": run.tokenizer.decode(y, skip_special_tokens=True)}
-                    for (row, views), y in zip(jobs, outs) if y]
-        done += len(jobs)
+        chunks = [jobs[i:i + FIRST_ROUND_CHUNK] for i in range(0, len(jobs), FIRST_ROUND_CHUNK)] \
+            if k == 0 and deadline else [jobs]
+        desc = f"teacher sampling ({k + 1}/{len(rounds)})"
+        with tqdm(total=len(jobs), desc=desc, unit="seq", disable=len(chunks) == 1, dynamic_ncols=True) as bar:
+            for c, chunk in enumerate(chunks):
+                if c and would_pass(len(chunk)):
+                    run.accelerator.print(f"Time budget: {bar.n} of {len(jobs)} queries sampled (generation may "
+                                          f"use {GENERATION_SHARE:.0%} of the budget); the rest are left out.")
+                    return samples
+                # one seed per round; a later chunk continues the random stream of the one before
+                samples += sample_chunk(run, backend, chunk, k, cfg.seed + k if c == 0 else None, desc,
+                                        show_progress=len(chunks) == 1)
+                done += len(chunk)
+                bar.update(len(chunk))
     return samples
+
+
+def sample_chunk(run: OfflineRun, backend, jobs: list, k: int, seed: int | None, desc: str,
+                 show_progress: bool) -> list[dict]:
+    """The teacher's completions for some jobs of round k, as rows of samples.jsonl (empty completions dropped)."""
+    cfg = run.cfg
+    prompts = [teacher_prompt(run, row, views) for row, views in jobs]
+    shared = shared_prefix_len(prompts, [len(p) for p in prompts]) if cfg.prefix_cache else 0
+    # llama.cpp finds and shares the prefix itself; the torch loop is handed it encoded
+    prefix = encode_prefix(run.sampler, prompts[0][:shared]) \
+        if shared >= MIN_SHARED_PREFIX and backend.name == "torch" else None
+    plain = [plain_prompt(run, row) for row, _ in jobs] if run.amplify else None
+    outs = backend.generate(prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.sample_temperature,
+                            batch_size=cfg.gen_batch_size, seed=seed, desc=desc, show_progress=show_progress,
+                            prefix=prefix, contrast=plain, alpha=run.amplify)
+    return [{"source": row["source"], "query": row["prompt"], "contexts": [c.text for c in views],
+             **({"row": row["row"], "teacher_query": row["teacher"]} if "row" in row else {}),
+             "completion_ids": y, "text": run.tokenizer.decode(y, skip_special_tokens=True)}
+            for (row, views), y in zip(jobs, outs) if y]
 
 
 def teacher_prompt(run: OfflineRun, row: dict, views: list[Context]) -> list[int]:
