@@ -139,8 +139,9 @@ def test_evaluate_uses_the_runs_context_and_questions_like_the_eval_command(fini
     assert capsys.readouterr().out == result.table + "\n"
 
 
-def test_combine_modules_makes_one_adapter_that_loads(finished, tmp_path):
+def test_combine_modules_makes_one_adapter_that_loads_without_library_warnings(finished, tmp_path, recwarn):
     combined = combine_modules([finished.adapter, finished.adapter], tmp_path / "both")
+    assert not [w for w in recwarn if "peft" in w.filename]  # PEFT's "adapter was active which is now deleted"
     assert (combined / "adapter_config.json").is_file()
     model, _ = load(combined)
     assert json.loads((combined / "module.json").read_text())["recipe"] == "combine"

@@ -176,6 +176,7 @@ def combine(adapter_paths: list[str], out, weights: list[float] | None = None, h
         peft_model.add_weighted_adapter(names, weights, "combined", combination_type=HOW[how], svd_rank=rank)
     except (ValueError, RuntimeError) as e:
         raise CtxDistillError(f"PEFT could not combine these modules ({e}). They must target the same layers.") from e
+    peft_model.set_adapter("combined")  # deleting the active adapter would make PEFT warn that it switched
     for name in names:
         peft_model.delete_adapter(name)
     documents = [d for m in manifests for d in m.get("documents", [])]
