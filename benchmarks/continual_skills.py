@@ -165,13 +165,12 @@ def train_method(method: str, out: Path, data: dict, settings: dict, timings: di
     for stage, skill in enumerate(SKILLS, 1):
         name, files = f"{method}/stage{stage}", data[skill.name]
         if method == "trl":
-            adapters[stage] = trl_phase(name, out, files["trl"], previous, settings["trl"], timings)
+            trl_phase(name, out, files["trl"], previous, settings["trl"], timings)
         else:
             init = {"init_adapter": str(previous)} if previous is not None else {}
             run_phase(name, out, method, timings, data=files["sft" if method == "sft" else "rows"],
                       **init, **settings[method])
-            adapters[stage] = out / name / "adapter"
-        previous = out / name / "adapter"
+        adapters[stage] = previous = out / name / "adapter"
     return adapters
 
 

@@ -213,12 +213,15 @@ def make_queries(cfg: OnpolicyConfig, inputs: Inputs, models: Models, out: Path)
     return queries
 
 
-def set_up(cfg: OnpolicyConfig, models: Models, queries: Queries, init_adapter: str | None = None) -> Setup:
+def set_up(cfg: OnpolicyConfig, models: Models, queries: Queries, init_adapter: str | None = None,
+           evaluated: bool = False) -> Setup:
     """Student, sampler and teacher. The context is encoded once for every teacher forward and teacher sample.
     With --init-adapter the student keeps training that adapter; a base teacher is still the base (adapter off),
-    while a live or EMA teacher starts from the adapter, so it holds what the adapter learnt before."""
+    while a live or EMA teacher starts from the adapter, so it holds what the adapter learnt before. `evaluated`:
+    the run ends with the report's evaluation, which shows the model before this run (a merged copy, kept only
+    then)."""
     student = make_student(models.model, cfg, init_adapter)
-    initial = MergedCopy(student).model if init_adapter else None
+    initial = MergedCopy(student).model if init_adapter and evaluated else None
     backend = models.backend
     # The merged copy samples the LoRA student on the torch loop; with llama.cpp only a live teacher still needs it.
     sampler = MergedCopy(student) if cfg.finetune == "lora" and (backend is None or models.live) \
@@ -386,6 +389,11 @@ def report_lines(cfg: OnpolicyConfig, objective: Objective, result: TrainResult,
             f"{result.seconds - stats.generation_seconds:.0f}s, total {time.time() - t_start:.0f}s"]
 
 
+def will_evaluate(cfg: OnpolicyConfig, inputs: Inputs) -> bool:
+    """The report's evaluation compares the adapter on and off on the eval questions: LoRA, with a context."""
+    return bool(inputs.eval_qa and inputs.context and cfg.finetune == "lora")
+
+
 def write_artifacts(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries: Queries, setup: Setup,
                     result: TrainResult, stats: SampleStats, out: Path, t_start: float,
                     init_adapter: str | None = None) -> RunResult:
@@ -404,8 +412,7 @@ def write_artifacts(cfg: OnpolicyConfig, inputs: Inputs, models: Models, queries
     t_eval = time.time()
     evaluation = evaluate(student, models.tokenizer, inputs.context, inputs.eval_qa, inputs.retention,
                           cfg.eval_max_new_tokens, teacher_model=teacher_model, initial_model=setup.initial,
-                          backend=setup.backend) \
-        if inputs.eval_qa and inputs.context and cfg.finetune == "lora" else None
+                          backend=setup.backend) if will_evaluate(cfg, inputs) else None
     log_evaluation(models.accelerator, evaluation)
     metrics = run_metrics(result, stats, t_eval, t_start)
     gate_file = out / "data" / "query_gate.json"
@@ -442,7 +449,7 @@ def run(cfg: OnpolicyConfig, out: str, resume: bool = False, *, context: list[st
                                     **({} if inputs.prompts or inputs.rows else
                                        {k: getattr(cfg, k) for k in QUERY_KEYS})})
     queries = make_queries(cfg, inputs, models, out_dir)
-    setup = set_up(cfg, models, queries, init_adapter)
+    setup = set_up(cfg, models, queries, init_adapter, evaluated=will_evaluate(cfg, inputs))
     collate = SampleCollate(cfg, models, queries, setup)
     result = train_student(cfg, inputs, models, queries, setup, collate, out_dir, resume, t_start, init_adapter)
     done = write_artifacts(cfg, inputs, models, queries, setup, result, collate.stats, out_dir, t_start,
