@@ -23,7 +23,7 @@ demo: $(STAMP)
 		--out runs/demo --max-minutes 7
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15   # the slowest tests, so a slow suite shows where it goes
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/loss_memory.py

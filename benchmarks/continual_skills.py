@@ -11,7 +11,8 @@ The skills (generated from fixed seeds; 48 training and 24 held-out items each, 
 - `date`: a date written out ("Give the ISO form of 14 March 2026. Reply with the date only.") rewritten in ISO
   form, `2026-03-14`, and nothing else.
 Each training row is SDFT's `{"prompt", "demonstration"}` (the correct answer to this very prompt), which ours reads
-with its `demonstration_template` (SDFT's teacher prompt); SFT gets the same rows as `{"input", "output"}`; TRL gets
+with the teacher prompt as its `demonstration_template` (`--teacher-template`; by default the project's, SDFT's
+"This is an example of a response to the question: ..."); SFT gets the same rows as `{"input", "output"}`; TRL gets
 them as `{"prompt", "privileged_context"}` with the same teacher prompt as its `teacher_prompt_template`.
 
 Phases, each kept under --out (a finished one is read back, an interrupted one resumes; a TRL stage restarts):
@@ -122,20 +123,16 @@ def skill_split(skill: Skill, n_train: int, n_test: int) -> tuple[list[Item], li
     return items[:n_train], items[n_train:]
 
 
-def teacher_prompt(item: Item) -> str:
-    """What the teacher reads: the item's prompt with its demonstration, in SDFT's prompt (ours' default
-    demonstration_template)."""
-    from ctxdistill.config import OnpolicyConfig
+def teacher_prompt(item: Item, template: str) -> str:
+    """What the teacher reads: the item's prompt with its demonstration, in the teacher template."""
     from ctxdistill.data.per_row import fill
 
-    return fill(OnpolicyConfig().demonstration_template, {"prompt": item.prompt, "demonstration": item.answer})
+    return fill(template, {"prompt": item.prompt, "demonstration": item.answer})
 
 
-def trl_template() -> str:
+def trl_template(template: str) -> str:
     """The same teacher prompt in TRL's terms: its teacher_prompt_template fills {prompt} and {privileged_context}."""
-    from ctxdistill.config import OnpolicyConfig
-
-    return OnpolicyConfig().demonstration_template.replace("{demonstration}", "{privileged_context}")
+    return template.replace("{demonstration}", "{privileged_context}")
 
 
 def make_data(out: Path, sizes: dict) -> dict:
@@ -165,7 +162,7 @@ def train_method(method: str, out: Path, data: dict, settings: dict, timings: di
     for stage, skill in enumerate(SKILLS, 1):
         name, files = f"{method}/stage{stage}", data[skill.name]
         if method == "trl":
-            trl_phase(name, out, files["trl"], previous, settings["trl"], timings)
+            trl_phase(name, out, files["trl"], previous, settings["trl"], settings["template"], timings)
         else:
             init = {"init_adapter": str(previous)} if previous is not None else {}
             run_phase(name, out, method, timings, data=files["sft" if method == "sft" else "rows"],
@@ -185,7 +182,8 @@ def trl_installed() -> bool:
     return tried.returncode == 0
 
 
-def trl_phase(name: str, out: Path, rows: Path, init_adapter: Path | None, settings: dict, timings: dict) -> Path:
+def trl_phase(name: str, out: Path, rows: Path, init_adapter: Path | None, settings: dict, template: str,
+              timings: dict) -> Path:
     """One TRL SDFTTrainer stage in a process of its own (TRL's Trainer sets process-wide state; its memory is its
     own), kept in OUT/<name> once finished; an interrupted stage starts again."""
     from ctxdistill.core.files import atomic_write_json
@@ -195,7 +193,7 @@ def trl_phase(name: str, out: Path, rows: Path, init_adapter: Path | None, setti
     if not (folder / "stage.json").exists():
         path, kwargs = resolve_model(settings["model"])
         spec = {**settings, "model": path, "model_kwargs": kwargs, "rows": str(rows), "out": str(folder),
-                "init_adapter": str(init_adapter) if init_adapter else None, "template": trl_template()}
+                "init_adapter": str(init_adapter) if init_adapter else None, "template": trl_template(template)}
         atomic_write_json(folder / "spec.json", spec)
         t0 = time.time()
         print(f"[{name}] TRL SDFTTrainer ...", flush=True)
@@ -308,7 +306,7 @@ def skill_result(evaluator, adapter: str | None, skill: Skill, test: list[Item],
                         for x, g, ok in zip(test, got, correct)]}
 
 
-def evaluate_row(out: Path, row: str, evaluator, data: dict, tokens: dict, timings: dict) -> dict:
+def evaluate_row(out: Path, row: str, evaluator, data: dict, tokens: dict, template: str, timings: dict) -> dict:
     """One row (base, teacher, or an adapter by name), kept in OUT/eval/<row>.json. The teacher is the base shown
     each test item's own demonstration; it has no retention row (it is the base)."""
     from ctxdistill.core.files import atomic_write_json
@@ -320,7 +318,7 @@ def evaluate_row(out: Path, row: str, evaluator, data: dict, tokens: dict, timin
     result = {"row": row, "skills": {}}
     for skill in SKILLS:
         test = data[skill.name]["test_items"]
-        prompts = [teacher_prompt(x) if row == "teacher" else x.prompt for x in test]
+        prompts = [teacher_prompt(x, template) if row == "teacher" else x.prompt for x in test]
         result["skills"][skill.name] = skill_result(evaluator(), adapter, skill, test, prompts, tokens["skill"])
     if row != "teacher":
         result["retention"] = evaluator().kept(adapter)
@@ -331,17 +329,17 @@ def evaluate_row(out: Path, row: str, evaluator, data: dict, tokens: dict, timin
     return result
 
 
-def evaluate_all(out: Path, model: str, adapters: dict[str, Path], data: dict, tokens: dict, timings: dict) -> dict:
+def evaluate_all(out: Path, model: str, adapters: dict[str, Path], data: dict, settings: dict, timings: dict) -> dict:
     from ctxdistill.data.inputs import read_retention
 
-    loaded = {}
+    loaded, tokens = {}, settings["tokens"]
 
     def evaluator():  # loaded once, only if some row is not cached
         if "e" not in loaded:
             loaded["e"] = Evaluator(model, adapters, read_retention(None), tokens["retention"])
         return loaded["e"]
 
-    return {row: evaluate_row(out, row, evaluator, data, tokens, timings)
+    return {row: evaluate_row(out, row, evaluator, data, tokens, settings["template"], timings)
             for row in ["base", "teacher", *adapters]}
 
 
@@ -405,21 +403,26 @@ SIZES = {"full": {"train": 48, "test": 24}, "quick": {"train": 4, "test": 2}}
 def phase_settings(args) -> dict:
     """Per method: its own defaults under one wall budget per skill (--minutes-per-skill; the budget decides how far
     onpolicy, offline and TRL get, sft stops after its 5 epochs if sooner); the same completion length (48 tokens,
-    the answers take about 20) and fp32 on every side. --quick: two steps of each, on a tiny model."""
+    the answers take about 20), the same teacher prompt (--teacher-template, the project's default when not given)
+    and fp32 on every side. --quick: two steps of each, on a tiny model."""
+    from ctxdistill.config import OnpolicyConfig
+
     common = {"model": args.model, "seed": SEED, "dtype": "float32"}
+    teacher_template = args.teacher_template or OnpolicyConfig().demonstration_template
+    template = {"demonstration_template": teacher_template}
     if args.quick:
         tiny = {**common, "max_steps": 2, "batch_size": 2, "micro_batch_size": 2}
-        return {"sft": tiny, "onpolicy": {**tiny, "max_new_tokens": 8, "top_k": 16},
-                "offline": {**tiny, "max_new_tokens": 8, "samples_per_query": 1},
+        return {"sft": tiny, "onpolicy": {**tiny, **template, "max_new_tokens": 8, "top_k": 16},
+                "offline": {**tiny, **template, "max_new_tokens": 8, "samples_per_query": 1},
                 "trl": {"model": args.model, "seed": SEED, "minutes": 60.0, "max_steps": 2, "batch_size": 2,
                         "max_new_tokens": 8, "lr": 2e-3},
-                "tokens": {"skill": 8, "retention": 8}}
+                "tokens": {"skill": 8, "retention": 8}, "template": teacher_template}
     budget = {**common, "max_minutes": args.minutes_per_skill}
-    return {"sft": budget, "onpolicy": {**budget, "max_new_tokens": 48},
-            "offline": {**budget, "max_new_tokens": 48},
+    teacher = {**budget, **template, "max_new_tokens": 48}
+    return {"sft": budget, "onpolicy": teacher, "offline": teacher,
             "trl": {"model": args.model, "seed": SEED, "minutes": args.minutes_per_skill, "max_steps": 200,
                     "batch_size": 8, "max_new_tokens": 48, "lr": 2e-3},  # onpolicy's max_steps, batch and lr
-            "tokens": {"skill": 32, "retention": 48}}
+            "tokens": {"skill": 32, "retention": 48}, "template": teacher_template}
 
 
 def run(args) -> dict:
@@ -427,7 +430,7 @@ def run(args) -> dict:
     data = make_data(out, SIZES["quick" if args.quick else "full"])
     settings = phase_settings(args)
     if args.probe:  # the base without and with the demonstration: does it lack the skills, can the teacher help?
-        return probe(out, args.model, data, settings["tokens"])
+        return probe(out, args.model, data, settings["tokens"], settings["template"])
     timings, trl = load_timings(out), trl_installed()
     adapters = {}
     for method in METHODS:
@@ -436,7 +439,7 @@ def run(args) -> dict:
             continue
         for stage, adapter in train_method(method, out, data, settings, timings).items():
             adapters[f"{method}_{stage}"] = adapter  # a PEFT adapter name: no dots
-    results = evaluate_all(out, args.model, adapters, data, settings["tokens"], timings)
+    results = evaluate_all(out, args.model, adapters, data, settings, timings)
     text = table(results, timings, trl)
     last = continual_line(results, trl)
     print(f"\nContinual skills: {' then '.join(s.name for s in SKILLS)}, greedy, no context, "
@@ -460,14 +463,15 @@ class BaseOnly:
         return answers(self.model, self.tokenizer, prompts, None, False, max_new_tokens)
 
 
-def probe(out: Path, model: str, data: dict, tokens: dict) -> dict:
+def probe(out: Path, model: str, data: dict, tokens: dict, template: str) -> dict:
     """No training: each skill's test items answered by the base, without and with the item's demonstration (a
     skill worth learning is one where the first is far below the second); kept in OUT/probe.json."""
     from ctxdistill.core.files import atomic_write_json
 
     base = BaseOnly(model)
     results = {row: {"skills": {s.name: skill_result(base, None, s, data[s.name]["test_items"], [
-        teacher_prompt(x) if row == "teacher" else x.prompt for x in data[s.name]["test_items"]], tokens["skill"])
+        teacher_prompt(x, template) if row == "teacher" else x.prompt for x in data[s.name]["test_items"]],
+        tokens["skill"])
         for s in SKILLS}} for row in ("base", "teacher")}
     for skill in SKILLS:
         print(f"{skill.name}: base {accuracy_cell(results['base'], skill.name)}, with the demonstration "
@@ -491,10 +495,18 @@ def parse_args(argv=None):
     p.add_argument("--minutes-per-skill", type=float, default=3.0,
                    help="wall budget of each method on each skill (4 methods x 2 skills + evaluation: ~28 min)")
     p.add_argument("--quick", action="store_true", help="a few items and two steps each: a smoke test (tiny models)")
+    p.add_argument("--teacher-template",
+                   help="the teacher's prompt, with {prompt} and {demonstration} (ours' demonstration_template, TRL's "
+                        "teacher_prompt_template); default: the project's. Phases already under --out are not rerun: "
+                        "give a new --out")
     p.add_argument("--probe", action="store_true",
                    help="no training: the base's accuracy on the test items without and with the demonstration")
     p.add_argument("--trl-stage", help=argparse.SUPPRESS)  # internal: one TRL stage, in a process of its own
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    missing = [f for f in ("{prompt}", "{demonstration}") if a.teacher_template and f not in a.teacher_template]
+    if missing:
+        p.error(f"--teacher-template must contain {{prompt}} and {{demonstration}}; it lacks {', '.join(missing)}")
+    return a
 
 
 if __name__ == "__main__":

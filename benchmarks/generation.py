@@ -187,7 +187,7 @@ def measure(tiny: bool, work: Path) -> int:
 
     target = 300 if tiny else SAMPLED_TOKENS
     base = sampled_logprobs(samplers["torch"], model, agree_prompts, new_tokens, 1000, target)
-    print(f"\n| samples (T=1, re-scored by torch) | tokens | mean log-prob | KS vs torch | mean − torch's |")
+    print("\n| samples (T=1, re-scored by torch) | tokens | mean log-prob | KS vs torch | mean − torch's |")
     print("|---|---|---|---|---|")
     print(f"| torch, seeds 1000+ | {len(base)} | {base.mean():.3f} | — | — |")
     # other seeds for each: both backends draw with the same code and RNG, so equal seeds could repeat samples

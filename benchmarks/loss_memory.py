@@ -85,7 +85,8 @@ def main():
     for objective in NAMES:
         ours = measure("ours", objective, a.rows, a.hidden, a.vocab, a.dtype)
         naive = measure("naive", objective, a.rows, a.hidden, a.vocab, a.dtype)
-        print(f"| {objective} | {ours['seconds']:.2f} | {naive['seconds']:.2f} | {naive['seconds'] / ours['seconds']:.2f}x "
+        print(f"| {objective} | {ours['seconds']:.2f} | {naive['seconds']:.2f} "
+              f"| {naive['seconds'] / ours['seconds']:.2f}x "
               f"| {ours['peak_mb']:.0f} | {naive['peak_mb']:.0f} | {naive['peak_mb'] / max(ours['peak_mb'], 1):.1f}x "
               f"| {abs(ours['loss'] - naive['loss']) < 1e-2 * max(1, abs(naive['loss']))} |")
 

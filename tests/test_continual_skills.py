@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ctxdistill.config import OnpolicyConfig
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import continual_skills as continual  # noqa: E402
 
@@ -56,11 +58,25 @@ def test_the_date_checker_wants_the_iso_date_alone():
         assert not DATE.check(near_miss, "2026-03-14"), near_miss
 
 
-def test_the_teacher_reads_the_items_demonstration_the_same_way_on_both_sides():
+def test_the_teacher_reads_the_items_demonstration_the_same_way_on_every_side():
     item = continual.Item("Start a 15-minute timer." + continual.TIMER_ONLY, '{"tool": "timer", "minutes": 15}')
-    teacher = continual.teacher_prompt(item)
-    assert teacher.startswith(item.prompt) and item.answer in teacher
-    assert continual.trl_template().format(prompt=item.prompt, privileged_context=item.answer) == teacher
+    for chosen in ([], ["--teacher-template", "The answer to the request below: {demonstration}\n\n{prompt}"]):
+        for quick in ([], ["--quick"]):
+            settings = continual.phase_settings(continual.parse_args(chosen + quick))
+            teacher = continual.teacher_prompt(item, settings["template"])  # the teacher row of the table
+            assert item.prompt in teacher and item.answer in teacher
+            assert chosen or settings["template"] == OnpolicyConfig().demonstration_template  # the project's
+            trl = continual.trl_template(settings["template"])
+            assert trl.format(prompt=item.prompt, privileged_context=item.answer) == teacher
+            for method in ("onpolicy", "offline"):  # ours reads the rows with the same prompt
+                ours = settings[method]["demonstration_template"]
+                assert ours.format(prompt=item.prompt, demonstration=item.answer) == teacher
+
+
+def test_a_teacher_template_without_its_fields_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        continual.parse_args(["--teacher-template", "{prompt} and nothing else"])
+    assert "lacks {demonstration}" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +125,13 @@ def test_trl_stages_train_in_their_own_process_and_continue_the_first_adapter(ti
     pytest.importorskip("trl")  # the benchmark runs without TRL (its row says so); this checks the TRL side itself
     args = continual.parse_args(["--quick", "--model", str(tiny_model_dir), "--out", str(tmp_path)])
     data, timings = continual.make_data(tmp_path, continual.SIZES["quick"]), {}
-    adapters = continual.train_method("trl", tmp_path, data, continual.phase_settings(args), timings)
+    settings = continual.phase_settings(args)
+    adapters = continual.train_method("trl", tmp_path, data, settings, timings)
     assert adapters == {1: tmp_path / "trl" / "stage1" / "adapter", 2: tmp_path / "trl" / "stage2" / "adapter"}
     for stage in (1, 2):
         assert (adapters[stage] / "adapter_model.safetensors").exists()
         record = json.loads((tmp_path / "trl" / f"stage{stage}" / "stage.json").read_text())
         assert record["steps"] == 2 and not record["stopped_by_budget"]
     spec = json.loads((tmp_path / "trl" / "stage2" / "spec.json").read_text())
-    assert spec["init_adapter"] == str(adapters[1]) and spec["template"] == continual.trl_template()
+    assert spec["init_adapter"] == str(adapters[1]) and spec["template"] == continual.trl_template(settings["template"])
     assert set(timings) == {"trl/stage1", "trl/stage2"}

@@ -10,7 +10,6 @@ PEFT's `set_adapter` also flips `requires_grad`, which would stop the student's 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 

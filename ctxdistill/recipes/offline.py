@@ -326,16 +326,16 @@ def make_samples(run: OfflineRun, queries: list[dict]) -> list[dict]:
                                           f"use {GENERATION_SHARE:.0%} of the budget); the rest are left out.")
                     return samples
                 # one seed per round; a later chunk continues the random stream of the one before
-                samples += sample_chunk(run, backend, chunk, k, cfg.seed + k if c == 0 else None, desc,
+                samples += sample_chunk(run, backend, chunk, cfg.seed + k if c == 0 else None, desc,
                                         show_progress=len(chunks) == 1)
                 done += len(chunk)
                 bar.update(len(chunk))
     return samples
 
 
-def sample_chunk(run: OfflineRun, backend, jobs: list, k: int, seed: int | None, desc: str,
+def sample_chunk(run: OfflineRun, backend, jobs: list, seed: int | None, desc: str,
                  show_progress: bool) -> list[dict]:
-    """The teacher's completions for some jobs of round k, as rows of samples.jsonl (empty completions dropped)."""
+    """The teacher's completions for some jobs of a round, as rows of samples.jsonl (empty completions dropped)."""
     cfg = run.cfg
     prompts = [teacher_prompt(run, row, views) for row, views in jobs]
     shared = shared_prefix_len(prompts, [len(p) for p in prompts]) if cfg.prefix_cache else 0
