@@ -403,26 +403,23 @@ SIZES = {"full": {"train": 48, "test": 24}, "quick": {"train": 4, "test": 2}}
 def phase_settings(args) -> dict:
     """Per method: its own defaults under one wall budget per skill (--minutes-per-skill; the budget decides how far
     onpolicy, offline and TRL get, sft stops after its 5 epochs if sooner); the same completion length (48 tokens,
-    the answers take about 20), the same teacher prompt (--teacher-template, the project's default when not given)
-    and fp32 on every side. --quick: two steps of each, on a tiny model."""
-    from ctxdistill.config import OnpolicyConfig
-
+    the answers take about 20), the same teacher prompt (--teacher-template) and fp32 on every side. --quick: two
+    steps of each, on a tiny model."""
     common = {"model": args.model, "seed": SEED, "dtype": "float32"}
-    teacher_template = args.teacher_template or OnpolicyConfig().demonstration_template
-    template = {"demonstration_template": teacher_template}
+    reads = {"demonstration_template": args.teacher_template}  # how ours renders each row's teacher view
     if args.quick:
         tiny = {**common, "max_steps": 2, "batch_size": 2, "micro_batch_size": 2}
-        return {"sft": tiny, "onpolicy": {**tiny, **template, "max_new_tokens": 8, "top_k": 16},
-                "offline": {**tiny, **template, "max_new_tokens": 8, "samples_per_query": 1},
+        return {"sft": tiny, "onpolicy": {**tiny, **reads, "max_new_tokens": 8, "top_k": 16},
+                "offline": {**tiny, **reads, "max_new_tokens": 8, "samples_per_query": 1},
                 "trl": {"model": args.model, "seed": SEED, "minutes": 60.0, "max_steps": 2, "batch_size": 2,
                         "max_new_tokens": 8, "lr": 2e-3},
-                "tokens": {"skill": 8, "retention": 8}, "template": teacher_template}
+                "tokens": {"skill": 8, "retention": 8}, "template": args.teacher_template}
     budget = {**common, "max_minutes": args.minutes_per_skill}
-    teacher = {**budget, **template, "max_new_tokens": 48}
+    teacher = {**budget, **reads, "max_new_tokens": 48}
     return {"sft": budget, "onpolicy": teacher, "offline": teacher,
             "trl": {"model": args.model, "seed": SEED, "minutes": args.minutes_per_skill, "max_steps": 200,
                     "batch_size": 8, "max_new_tokens": 48, "lr": 2e-3},  # onpolicy's max_steps, batch and lr
-            "tokens": {"skill": 32, "retention": 48}, "template": teacher_template}
+            "tokens": {"skill": 32, "retention": 48}, "template": args.teacher_template}
 
 
 def run(args) -> dict:
@@ -503,10 +500,25 @@ def parse_args(argv=None):
                    help="no training: the base's accuracy on the test items without and with the demonstration")
     p.add_argument("--trl-stage", help=argparse.SUPPRESS)  # internal: one TRL stage, in a process of its own
     a = p.parse_args(argv)
-    missing = [f for f in ("{prompt}", "{demonstration}") if a.teacher_template and f not in a.teacher_template]
-    if missing:
-        p.error(f"--teacher-template must contain {{prompt}} and {{demonstration}}; it lacks {', '.join(missing)}")
+    from ctxdistill import CtxDistillError
+
+    try:
+        a.teacher_template = teacher_template_of(a.teacher_template)
+    except CtxDistillError as e:
+        p.error(f"--teacher-template: {e}")
     return a
+
+
+def teacher_template_of(given: str | None) -> str:
+    """The given teacher prompt, checked as the project checks its demonstration_template; else the project's."""
+    from pydantic import ValidationError
+
+    from ctxdistill.config import OnpolicyConfig, friendly_error
+
+    try:
+        return OnpolicyConfig(**({"demonstration_template": given} if given else {})).demonstration_template
+    except ValidationError as e:
+        raise friendly_error(e, OnpolicyConfig) from None
 
 
 if __name__ == "__main__":

@@ -105,5 +105,5 @@ def test_offline_stops_a_first_round_longer_than_the_generation_share_keeping_th
     monkeypatch.setattr(offline.time, "time", lambda: run.t_start + next(clock))
     samples = offline.make_samples(run, queries)  # 40% of 600 s: a second chunk of 64 would end at ~300 s
     sampled = {s["query"] for s in samples}
-    assert 0 < len(sampled) <= offline.FIRST_ROUND_CHUNK < len(queries)
+    assert 0 < len(sampled) <= cfg.gen_batch_size < len(queries)
     assert f"of {len(queries)} queries sampled" in capsys.readouterr().out

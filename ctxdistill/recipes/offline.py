@@ -293,14 +293,11 @@ def sample_jobs(run: OfflineRun, queries: list[dict]) -> list[list[tuple[dict, l
     return [jobs for jobs in rounds if jobs]
 
 
-FIRST_ROUND_CHUNK = 64  # under a budget, the first round is sampled this many queries at a time (see make_samples)
-
-
 def make_samples(run: OfflineRun, queries: list[dict]) -> list[dict]:
     """Teacher samples, one round (a sample of every query) at a time: under a time budget, rounds stop when the next
     one would pass the generation's share of it, so every query keeps the same number of samples and training keeps
-    its time. The first round has nothing before it to stop at, so under a budget it is sampled in chunks and stops
-    likewise, with the queries sampled so far: many prompts must not take the whole budget before any training. The
+    its time. The first round has nothing before it to stop at, so under a budget it is sampled one generation batch
+    (gen_batch_size queries) at a time and stops likewise, with the queries sampled so far: many prompts must not take the whole budget before any training. The
     sampling context is each query's first view; a row keeps every view's context text."""
     cfg, samples = run.cfg, []
     deadline = generation_deadline(cfg, run.t_start)
@@ -316,8 +313,8 @@ def make_samples(run: OfflineRun, queries: list[dict]) -> list[dict]:
             run.accelerator.print(f"Time budget: {k} of {len(rounds)} rounds of samples (generation may use "
                                   f"{GENERATION_SHARE:.0%} of the budget).")
             break
-        chunks = [jobs[i:i + FIRST_ROUND_CHUNK] for i in range(0, len(jobs), FIRST_ROUND_CHUNK)] \
-            if k == 0 and deadline else [jobs]
+        step = cfg.gen_batch_size if k == 0 and deadline else len(jobs)
+        chunks = [jobs[i:i + step] for i in range(0, len(jobs), step)]
         desc = f"teacher sampling ({k + 1}/{len(rounds)})"
         with tqdm(total=len(jobs), desc=desc, unit="seq", disable=len(chunks) == 1, dynamic_ncols=True) as bar:
             for c, chunk in enumerate(chunks):
